@@ -1,0 +1,1 @@
+"""kvs: a replicated, multi-version key-value store over gRPC and MQTT."""

@@ -1,0 +1,1 @@
+"""Stubs generated from proto/ by compile.sh. Never edit them by hand."""

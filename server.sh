@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs one kvs server: ./server.sh [--porta 40000] [--broker HOST:PORT] [--cluster kvs] [--id ID]
+# (sets kvs up first if needed; ./server.sh -h lists every flag).
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+[[ -f $here/kvs/_gen/.generated && -x $here/.venv/bin/python ]] || "$here/compile.sh" >&2
+PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" exec "$here/.venv/bin/python" -m kvs.server "$@"

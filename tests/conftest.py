@@ -1,0 +1,19 @@
+"""Shared test plumbing: remember whether a test failed, so fixtures can show logs."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import pytest
+
+FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        item.stash[FAILED] = True
+    return report

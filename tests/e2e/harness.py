@@ -1,0 +1,190 @@
+"""Real processes for end-to-end tests: free ports, polling until a deadline,
+stopping by PID, and the logs of whatever failed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kvs._gen import kvs_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0, every: float = 0.05) -> T:
+    """Polls `probe` until it returns something other than None (or False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+def listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Process:
+    """A child process with its output in a log file; stopped by PID, never by name."""
+
+    def __init__(
+        self, name: str, argv: Sequence[str], log_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_dir / f"{name}.log"
+        self._env = {**os.environ, **(env or {})}
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=self._env,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        """Sends `sig` to the process and waits; kills it if it does not end in time."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout)
+        return self.popen.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Mosquitto(Process):
+    """A private broker on a free loopback port, configured as kvs's own embedded one."""
+
+    def __init__(self, log_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        config = log_dir / f"mosquitto-{self.port}.conf"
+        config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
+            "max_queued_messages 100000\npersistence false\n"
+        )
+        super().__init__(f"mosquitto-{self.port}", [mosquitto_binary(), "-c", str(config)], log_dir)
+
+    def start(self) -> None:
+        super().start()
+        wait_for(f"mosquitto on port {self.port}", lambda: listening(self.port) or not self.running())
+        assert self.running(), self.log()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def mosquitto_binary() -> str:
+    for candidate in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if Path(candidate).exists():
+            return candidate
+    return "mosquitto"
+
+
+class KvsServer(Process):
+    """`./server.sh` on a free loopback port."""
+
+    def __init__(self, log_dir: Path, name: str, extra: Sequence[str] = (), port: int | None = None) -> None:
+        self.port = port or free_port()
+        argv = [
+            str(ROOT / "server.sh"),
+            "--porta",
+            str(self.port),
+            "--listen",
+            "127.0.0.1",
+            "--id",
+            name,
+            *extra,
+        ]
+        super().__init__(name, argv, log_dir)
+        self._channel: grpc.Channel | None = None
+
+    @property
+    def channel(self) -> grpc.Channel:
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        return self._channel
+
+    @property
+    def stub(self) -> kvs_pb2_grpc.KeyValueStoreStub:
+        return kvs_pb2_grpc.KeyValueStoreStub(self.channel)
+
+    def health(self) -> int | None:
+        try:
+            reply = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+        except grpc.RpcError:
+            return None
+        status: int = reply.status
+        return status
+
+    def wait_serving(self, timeout: float = 30.0) -> None:
+        def serving() -> bool:
+            assert self.running(), f"{self.name} exited:\n{self.log()}"
+            return bool(self.health() == health_pb2.HealthCheckResponse.SERVING)
+
+        wait_for(f"{self.name} to report SERVING", serving, timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        return super().stop(sig, timeout)
+
+    def client(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run_client("--porta", str(self.port), "--host", "127.0.0.1", *args, check=check)
+
+    def client_json(self, *args: str) -> list[dict[str, object]]:
+        out = self.client("--json", *args).stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+
+def run_client(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [str(ROOT / "client.sh"), *args], capture_output=True, text=True, cwd=ROOT, timeout=60, check=False
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"client {args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done

@@ -1,0 +1,147 @@
+"""`./server.sh` and `./client.sh` as a person uses them (SPEC section 4)."""
+
+from __future__ import annotations
+
+import re
+import signal
+
+import pytest
+
+from tests.e2e.conftest import Processes
+from tests.e2e.harness import KvsServer, free_port, run_client, wait_for
+
+VERSION = re.compile(r"version (\d{13}) \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC\)")
+
+
+@pytest.fixture
+def server(processes: Processes) -> KvsServer:
+    return processes.server("s1")
+
+
+def test_put_then_get_prints_the_value_and_its_version(server: KvsServer) -> None:
+    put = server.client("put", "--chave", "abc", "--valor", "zyx").stdout
+    assert put.startswith('"abc" written at version ')
+    assert put.rstrip().endswith("; new key")
+    written = VERSION.search(put)
+    assert written
+    got = server.client("get", "--chave", "abc").stdout
+    assert got == f'"abc" = "zyx" at {written.group(0)}\n'
+
+
+def test_json_prints_one_object_per_reply(server: KvsServer) -> None:
+    [put] = server.client_json("put", "--chave", "k", "--valor", "v1")
+    assert put.keys() == {"key", "old_val", "old_ver", "ver"}
+    [again] = server.client_json("put", "--chave", "k", "--valor", "v2")
+    assert (again["old_val"], again["old_ver"]) == ("v1", put["ver"])
+    assert server.client_json("get", "--chave", "k") == [{"key": "k", "val": "v2", "ver": again["ver"]}]
+    assert server.client_json("get", "--chave", "k", "--versao", str(put["ver"])) == [
+        {"key": "k", "val": "v1", "ver": put["ver"]}
+    ]
+    assert server.client_json("get", "--chave", "nope") == [{"key": "nope", "val": "", "ver": 0}]
+
+
+def test_every_operation_from_the_command_line(server: KvsServer) -> None:
+    written = server.client_json("putall", "--chave", "a", "b", "c", "d", "--valor", "1", "2", "3", "4")
+    assert [w["key"] for w in written] == ["a", "b", "c", "d"]
+    first = int(str(written[0]["ver"]))
+    replies = server.client_json("getrange", "--chave", "b", "c")
+    assert [(r["key"], r["val"]) for r in replies] == [("b", "2"), ("c", "3")]
+    replies = server.client_json("getall", "--chave", "d", "zz", "a", "--versao", str(first - 1), "0", "0")
+    assert replies == [
+        {"key": "d", "val": "", "ver": first - 1},
+        {"key": "zz", "val": "", "ver": 0},
+        {"key": "a", "val": "", "ver": first - 1},
+    ]
+    server.client("put", "--chave", "a", "--valor", "1b")
+    assert server.client_json("trim", "--chave", "a")[0]["val"] == "1b"
+    assert server.client_json("del", "--chave", "a")[0]["val"] == "1b"
+    assert [r["key"] for r in server.client_json("delrange", "--chave", "b", "c")] == ["b", "c"]
+    assert [r["ver"] != 0 for r in server.client_json("delall", "--chave", "d", "a")] == [True, False]
+    assert server.client_json("getrange", "--chave", "a", "z") == []
+
+
+def test_readable_lines_for_not_found_and_nothing_at_that_version(server: KvsServer) -> None:
+    assert server.client("get", "--chave", "nope").stdout == '"nope" not found\n'
+    server.client("put", "--chave", "k", "--valor", "v")
+    assert (
+        server.client("get", "--chave", "k", "--versao", "5").stdout == '"k" has no version at or before 5\n'
+    )
+
+
+def test_separators_and_unicode_survive_the_command_line(server: KvsServer) -> None:
+    key, value = 'a,b;c"d (e) f', "line one\nline two — ação 键 🙂"
+    server.client("put", "--chave", key, "--valor", value)
+    assert server.client_json("get", "--chave", key)[0]["val"] == value
+    assert server.client("get", "--chave", key).stdout.startswith(
+        '"a,b;c\\"d (e) f" = "line one\\nline two — ação 键 🙂" at version '
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["get", "--chave", "a", "b"], "get takes exactly one --chave (got 2)"),
+        (["getrange", "--chave", "a"], "getrange takes two --chave"),
+        (["put", "--chave", "a"], "put takes one --valor per --chave"),
+        (["putall", "--chave", "a", "b", "--valor", "1"], "putall takes one --valor per --chave"),
+        (["put", "--chave", "a", "--valor", "1", "--versao", "5"], "put takes no --versao"),
+        (["getall", "--chave", "a", "b", "--versao", "1"], "one --versao per --chave or none"),
+        (["get", "--chave", "a", "--valor", "x"], "get takes no --valor"),
+        (["get", "--chave", "a", "--versao", "x"], "invalid int value"),
+        (["get", "--chave", "a", "--versao", str(2**63)], "signed 64-bit"),
+        (["bogus", "--chave", "a"], "invalid choice"),
+        (["get"], "--chave"),
+    ],
+)
+def test_usage_errors_exit_2_and_say_what_is_expected(args: list[str], message: str) -> None:
+    done = run_client(*args, check=False)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_help_shows_the_seed_usage_lines() -> None:
+    out = run_client("-h").stdout
+    assert out.startswith(
+        "usage: client.py [-h] [--porta [PORTA]] --chave CHAVE [CHAVE ...] [--valor VALOR [VALOR ...]] "
+        "[--versao VERSAO [VERSAO ...]]\n"
+        "                 {get,getrange,getall,put,putall,del,delrange,delall,trim}\n"
+    )
+    for option in ("--porta", "--chave", "--valor", "--versao", "--host", "--json"):
+        assert option in out
+
+
+def test_an_unreachable_server_is_one_line_and_exit_1() -> None:
+    done = run_client("--porta", str(free_port()), "--host", "127.0.0.1", "get", "--chave", "k", check=False)
+    assert done.returncode == 1
+    assert done.stderr.startswith("client.py: error: cannot reach a kvs server at 127.0.0.1:")
+    assert done.stderr.count("\n") == 1
+    assert done.stdout == ""
+
+
+def test_a_server_refusal_is_one_line_and_exit_1(server: KvsServer) -> None:
+    done = server.client("getrange", "--chave", "z", "a", check=False)
+    assert done.returncode == 1
+    assert done.stderr.startswith("client.py: error: INVALID_ARGUMENT: range is reversed")
+    done = server.client("put", "--chave", "", "--valor", "v", check=False)
+    assert (done.returncode, done.stderr) == (
+        1,
+        "client.py: error: INVALID_ARGUMENT: key must not be empty\n",
+    )
+
+
+def test_a_second_server_on_a_taken_port_says_so_and_exits(processes: Processes, server: KvsServer) -> None:
+    second = processes.server("s2", port=server.port, wait=False)
+    wait_for("the second server to exit", lambda: not second.running())
+    assert second.stop() != 0
+    assert "is the port in use?" in second.log()
+    assert server.client("get", "--chave", "k").returncode == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_the_server_stops_cleanly_on_a_signal(server: KvsServer, sig: signal.Signals) -> None:
+    assert server.stop(sig) == 0
+    log = server.log()
+    assert "listening on 127.0.0.1:" in log
+    assert "shutting down" in log
+    assert "Traceback" not in log
