@@ -19,3 +19,7 @@ class VersionExhausted(KvsError):
 
 class CodecError(KvsError):
     """A replication payload that is not a well-formed message for this cluster."""
+
+
+class BrokerUnreachable(KvsError):
+    """The MQTT broker could not be reached, or refused this server."""

@@ -1,7 +1,8 @@
 """The kvs server: flags, wiring and lifecycle.
 
 Concurrency, in one place: the asyncio event loop thread owns the store. gRPC
-calls run on it as coroutines; nothing else touches the store.
+calls run on it as coroutines; paho's network thread hands what arrives from
+the broker to it (kvs.replication); nothing else touches the store.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -20,13 +22,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from kvs._gen import kvs_pb2_grpc
+from kvs._gen import kvs_pb2_grpc, replication_pb2_grpc
+from kvs.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
+from kvs.admin import Admin
+from kvs.broker import Address, EmbeddedBroker
+from kvs.errors import BrokerUnreachable
+from kvs.replication import Replicator
 from kvs.service import SERVICE_NAME, KeyValueStore, Publish
 from kvs.store import Store, Version
 
 log = logging.getLogger("kvs.server")
 
 DEFAULT_PORT = 40000
+DEFAULT_BROKER = "localhost:1883"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """The largest request a server accepts; a larger one gets RESOURCE_EXHAUSTED."""
 
@@ -39,15 +47,19 @@ def now_ms() -> Version:
 class Settings:
     """What the command line sets."""
 
-    port: int = DEFAULT_PORT
-    listen: str = "[::]"
-    node_id: str = ""
+    port: int
+    listen: str
+    node_id: str
+    cluster: str
+    broker: Address
+    broker_is_default: bool  # no --broker: a private mosquitto may be started (kvs.broker)
+    sync_interval: float
 
 
 class Server:
     """One gRPC server over one store: construct, `start()` (returns the port), `stop()`."""
 
-    def __init__(self, store: Store, publish: Publish, address: str) -> None:
+    def __init__(self, store: Store, publish: Publish, address: str, admin: Admin | None = None) -> None:
         self.ready = asyncio.Event()
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs predate .aio
         self._grpc = grpc.aio.server(
@@ -61,14 +73,15 @@ class Server:
             KeyValueStore(store, publish, self.ready), self._grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        reflection.enable_server_reflection(
-            [
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            self._grpc,
-        )
+        services = [
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        if admin:
+            replication_pb2_grpc.add_AdminServicer_to_server(admin, self._grpc)
+            services.append(ADMIN_SERVICE_NAME)
+        reflection.enable_server_reflection(services, self._grpc)
         self._address = address
 
     async def start(self) -> int:
@@ -92,26 +105,58 @@ class Server:
             await self.health.set(service, status)
 
 
+BROKER_ERROR = "Falha ao se conectar com o broker. Verifique se o broker está sendo executado."
+
+
 async def serve(settings: Settings) -> int:
     """Runs a server until SIGINT or SIGTERM; returns the exit status."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+
     store = Store(now_ms)
-    server = Server(store, lambda fragments: None, f"{settings.listen}:{settings.port}")
+    replicator = Replicator(
+        store, settings.cluster, settings.node_id, settings.broker, settings.sync_interval
+    )
+    server = Server(store, replicator.publish, f"{settings.listen}:{settings.port}", Admin(store, replicator))
     try:
         port = await server.start()
     except RuntimeError as error:
         log.error("cannot listen on %s:%s (%s): is the port in use?", settings.listen, settings.port, error)
         return 1
-    log.info("listening on %s:%d as %s", settings.listen, port, settings.node_id)
-    await server.serving()
-    log.info("serving alone (no replication)")
+    log.info(
+        "listening on %s:%d as %s in cluster %s", settings.listen, port, settings.node_id, settings.cluster
+    )
 
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stopping.set)
-    await stopping.wait()
+    embedded = None
+    if settings.broker_is_default and settings.broker.local:
+        embedded = EmbeddedBroker(settings.broker.port)
+    try:
+        if embedded:
+            await asyncio.to_thread(embedded.acquire)
+        await replicator.start()
+    except (BrokerUnreachable, OSError) as error:
+        print(f"{BROKER_ERROR} ({settings.broker}: {error})", file=sys.stderr)
+        await server.stop(0)
+        if embedded:
+            embedded.release()
+        return 1
+
+    caught_up = asyncio.ensure_future(replicator.caught_up.wait())
+    await asyncio.wait(
+        [caught_up, asyncio.ensure_future(stopping.wait())], return_when=asyncio.FIRST_COMPLETED
+    )
+    if caught_up.done():
+        await server.serving()
+        log.info("serving")
+        await stopping.wait()
+
     log.info("shutting down")
     await server.stop()
+    await replicator.stop()
+    if embedded:
+        await asyncio.to_thread(embedded.release)
     log.info("stopped")
     return 0
 
@@ -121,13 +166,39 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument(
         "--porta", "--port", dest="port", type=int, default=DEFAULT_PORT, help="gRPC port (40000)"
     )
+    parser.add_argument("--broker", help=f"MQTT broker HOST:PORT (env KVS_BROKER, else {DEFAULT_BROKER})")
+    parser.add_argument(
+        "--cluster", default="kvs", help="topic prefix shared by the servers of one store (kvs)"
+    )
+    parser.add_argument(
+        "--id", dest="node_id", help="this server's id, unique in the cluster (<hostname>:<porta>)"
+    )
     parser.add_argument("--listen", default="[::]", help="address to listen on ([::]: every interface)")
-    parser.add_argument("--id", dest="node_id", help="this server's id (<hostname>:<porta>)")
+    parser.add_argument("--sync-interval", type=float, default=5.0,
+                        help="seconds between anti-entropy rounds (5)")  # fmt: skip
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--porta must be between 0 and 65535, not {args.port}")
     node_id = args.node_id or f"{socket.gethostname()}:{args.port}"
-    return Settings(port=args.port, listen=args.listen, node_id=node_id)
+    for name, value in (("--cluster", args.cluster), ("--id", node_id)):
+        if not value or any(c in value for c in "/+#\0"):
+            parser.error(f"{name} must be non-empty without '/', '+', '#' or NUL (got {value!r})")
+    if args.sync_interval <= 0:
+        parser.error("--sync-interval must be positive")
+    text = args.broker or os.environ.get("KVS_BROKER") or DEFAULT_BROKER
+    try:
+        broker = Address.parse(text)
+    except ValueError as error:
+        parser.error(str(error))
+    return Settings(
+        port=args.port,
+        listen=args.listen,
+        node_id=node_id,
+        cluster=args.cluster,
+        broker=broker,
+        broker_is_default=args.broker is None,
+        sync_interval=args.sync_interval,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from typing import TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kvs._gen import kvs_pb2_grpc
+from kvs._gen import kvs_pb2_grpc, replication_pb2, replication_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -127,7 +127,14 @@ def mosquitto_binary() -> str:
 class KvsServer(Process):
     """`./server.sh` on a free loopback port."""
 
-    def __init__(self, log_dir: Path, name: str, extra: Sequence[str] = (), port: int | None = None) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        name: str,
+        extra: Sequence[str] = (),
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         argv = [
             str(ROOT / "server.sh"),
@@ -139,7 +146,7 @@ class KvsServer(Process):
             name,
             *extra,
         ]
-        super().__init__(name, argv, log_dir)
+        super().__init__(name, argv, log_dir, env)
         self._channel: grpc.Channel | None = None
 
     @property
@@ -151,6 +158,18 @@ class KvsServer(Process):
     @property
     def stub(self) -> kvs_pb2_grpc.KeyValueStoreStub:
         return kvs_pb2_grpc.KeyValueStoreStub(self.channel)
+
+    def status(self) -> replication_pb2.StatusReply:
+        reply: replication_pb2.StatusReply = replication_pb2_grpc.AdminStub(self.channel).Status(
+            replication_pb2.StatusRequest(), timeout=10
+        )
+        return reply
+
+    def dump(self) -> list[replication_pb2.Fragment]:
+        """The whole replica: every key's floor and versions, tombstones included."""
+        return list(
+            replication_pb2_grpc.AdminStub(self.channel).Dump(replication_pb2.DumpRequest(), timeout=60)
+        )
 
     def health(self) -> int | None:
         try:
@@ -188,3 +207,28 @@ def run_client(*args: str, check: bool = True) -> subprocess.CompletedProcess[st
     if check and done.returncode != 0:
         raise AssertionError(f"client {args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
     return done
+
+
+def converged(servers: Sequence[KvsServer], timeout: float = 30.0) -> list[replication_pb2.Fragment]:
+    """Waits until every server has the same digest, checks their dumps are equal, returns one."""
+
+    def same_digest() -> bool:
+        digests = {tuple(server.status().digest) for server in servers}
+        return len(digests) == 1
+
+    wait_for("the servers to converge", same_digest, timeout, every=0.2)
+    dumps = [server.dump() for server in servers]
+    for server, dump in zip(servers[1:], dumps[1:], strict=True):
+        assert dump == dumps[0], f"{server.name} differs from {servers[0].name}"
+    return dumps[0]
+
+
+def run_admin(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(ROOT / "scripts" / "admin.sh"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
