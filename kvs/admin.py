@@ -8,6 +8,7 @@ scripts/admin.sh compare --porta 40000 40001   do these servers hold the same re
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import json
 import operator
@@ -20,9 +21,11 @@ import grpc
 from kvs._gen import replication_pb2 as pb
 from kvs._gen import replication_pb2_grpc as pb_grpc
 from kvs.replication import Replicator
-from kvs.store import Store
+from kvs.store import Fragment, Store
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Admin"].full_name
+WATCH_BACKLOG = 10_000
+"""Batches queued at most for one Watch stream."""
 
 
 class Admin(pb_grpc.AdminServicer):
@@ -59,6 +62,23 @@ class Admin(pb_grpc.AdminServicer):
                 values=[val for _, val in fragment.versions],
             )
 
+    async def Watch(
+        self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.Applied]:
+        applied: asyncio.Queue[pb.Applied] = asyncio.Queue(maxsize=WATCH_BACKLOG)
+
+        def note(origin: str, fragments: Sequence[Fragment]) -> None:
+            if applied.full():
+                return  # a watcher too slow to keep up misses batches rather than holding memory
+            applied.put_nowait(pb.Applied(origin=origin, keys=[fragment.key for fragment in fragments]))
+
+        unwatch = self._replicator.watch(note)
+        try:
+            while True:
+                yield await applied.get()
+        finally:
+            unwatch()
+
 
 # The command line -------------------------------------------------------------
 
@@ -91,7 +111,7 @@ def status_of(channel: grpc.Channel) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="admin.sh", description="Inspects the replicas of kvs servers.")
-    parser.add_argument("command", choices=["status", "dump", "compare"])
+    parser.add_argument("command", choices=["status", "dump", "compare", "watch"])
     parser.add_argument("servers", nargs="*", default=["40000"], help="PORT or HOST:PORT (40000)")
     args = parser.parse_args(argv)
     servers = [f"localhost:{server}" if server.isdigit() else server for server in args.servers]
@@ -104,11 +124,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             for channel in channels:
                 for line in dump_of(channel):
                     print(json.dumps(line, ensure_ascii=False))
+        elif args.command == "watch":
+            for applied in pb_grpc.AdminStub(channels[0]).Watch(pb.WatchRequest()):
+                print(
+                    json.dumps({"origin": applied.origin, "keys": list(applied.keys)}, ensure_ascii=False),
+                    flush=True,
+                )
         else:
             return compare([dump_of(channel) for channel in channels], servers)
     except grpc.RpcError as error:
         print(f"admin.sh: error: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

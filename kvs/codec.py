@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
@@ -25,7 +26,7 @@ MAX_PAYLOAD = 8 * 1024 * 1024
 """Larger payloads are refused: twice the largest gRPC request a server takes."""
 
 CHUNK = 256 * 1024
-"""A message is closed once it holds this many bytes of fragments."""
+"""A message is closed once it holds about this many characters of fragments."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,21 +91,21 @@ class Codec:
         """Batch payloads carrying `fragments` in order (one, unless they are large)."""
         for chunk in _chunks(fragments):
             envelope = self._envelope()
-            envelope.batch.fragments.extend(chunk)
+            _fill(envelope.batch.fragments, chunk)
             yield envelope.SerializeToString()
 
     def transfer(self, fragments: Iterable[Fragment], send_back: Iterable[int] = ()) -> Iterator[bytes]:
         """Transfer payloads carrying `fragments`; the final one (always sent) sets `last`."""
-        pending: list[pb.Fragment] | None = None
+        pending: list[Fragment] | None = None
         for chunk in _chunks(fragments):
             if pending is not None:
                 yield self._transfer(pending, last=False, send_back=())
             pending = chunk
         yield self._transfer(pending or [], last=True, send_back=send_back)
 
-    def _transfer(self, chunk: list[pb.Fragment], last: bool, send_back: Iterable[int]) -> bytes:
+    def _transfer(self, chunk: list[Fragment], last: bool, send_back: Iterable[int]) -> bytes:
         envelope = self._envelope()
-        envelope.transfer.fragments.extend(chunk)
+        _fill(envelope.transfer.fragments, chunk)
         envelope.transfer.last = last
         envelope.transfer.send_back.extend(sorted(send_back))
         return envelope.SerializeToString()
@@ -156,34 +157,46 @@ def _body(envelope: pb.Envelope) -> Body:
 def _fragments(messages: Iterable[pb.Fragment]) -> tuple[Fragment, ...]:
     fragments = []
     for message in messages:
-        if not message.key:
+        key, floor, versions, values = message.key, message.floor, message.versions, message.values
+        if not key:
             raise CodecError("fragment with an empty key")
-        if len(message.versions) != len(message.values):
-            raise CodecError(f"fragment of {message.key!r} has {len(message.versions)} versions for "
-                             f"{len(message.values)} values")  # fmt: skip
-        if message.floor < 0 or any(not 0 < ver <= MAX_VERSION for ver in message.versions):
-            raise CodecError(f"fragment of {message.key!r} has a version out of range")
-        fragments.append(
-            Fragment(message.key, message.floor, tuple(zip(message.versions, message.values, strict=True)))
-        )
+        count = len(versions)
+        if count != len(values):
+            raise CodecError(f"fragment of {key!r} has {count} versions for {len(values)} values")
+        if count == 1:  # a put, or a key with one version: most fragments, so the quick way
+            pairs: tuple[tuple[int, str], ...] = ((versions[0], values[0]),)
+        else:
+            pairs = tuple(zip(versions, values, strict=False))  # lengths checked above
+        if floor < 0 or any(not 0 < ver <= MAX_VERSION for ver, _ in pairs):
+            raise CodecError(f"fragment of {key!r} has a version out of range")
+        fragments.append(Fragment(key, floor, pairs))
     return tuple(fragments)
 
 
-def _chunks(fragments: Iterable[Fragment]) -> Iterator[list[pb.Fragment]]:
-    """Protobuf fragments in groups of about CHUNK bytes, in order."""
-    chunk: list[pb.Fragment] = []
+def _fill(repeated: Any, chunk: list[Fragment]) -> None:
+    """Adds the fragments to a repeated Fragment field (in place: extend() would copy them)."""
+    for fragment in chunk:
+        repeated.add(
+            key=fragment.key,
+            floor=fragment.floor,
+            versions=[ver for ver, _ in fragment.versions],
+            values=[val for _, val in fragment.versions],
+        )
+
+
+def _chunks(fragments: Iterable[Fragment]) -> Iterator[list[Fragment]]:
+    """Fragments in order, in groups of about CHUNK characters of keys and values.
+
+    Characters, not bytes: counting is cheap, and UTF-8 takes at most 4 bytes
+    a character, so a payload stays well under MAX_PAYLOAD.
+    """
+    chunk: list[Fragment] = []
     size = 0
     for fragment in fragments:
-        for piece in _pieces(fragment):
-            message = pb.Fragment(
-                key=piece.key,
-                floor=piece.floor,
-                versions=[ver for ver, _ in piece.versions],
-                values=[val for _, val in piece.versions],
-            )
-            chunk.append(message)
-            size += message.ByteSize() + 6  # its tag and length in the list, at most
-
+        weight = _weight(fragment)
+        for piece in (fragment,) if weight < CHUNK else _pieces(fragment):
+            chunk.append(piece)
+            size += weight if piece is fragment else _weight(piece)
             if size >= CHUNK:
                 yield chunk
                 chunk, size = [], 0
@@ -191,12 +204,12 @@ def _chunks(fragments: Iterable[Fragment]) -> Iterator[list[pb.Fragment]]:
         yield chunk
 
 
+def _weight(fragment: Fragment) -> int:
+    return len(fragment.key) + 12 + sum(len(val) + 12 for _, val in fragment.versions)
+
+
 def _pieces(fragment: Fragment) -> Iterator[Fragment]:
-    """The fragment, or, when it is too big for one message, its floor and each version apart."""
-    size = len(fragment.key) + sum(len(val) for _, val in fragment.versions)  # chars: a lower bound on bytes
-    if size * 4 < CHUNK:  # a UTF-8 character takes at most 4 bytes
-        yield fragment
-        return
+    """A fragment too big for one message: its floor and each version apart."""
     if fragment.floor:
         yield Fragment(fragment.key, fragment.floor)
     for version in fragment.versions:

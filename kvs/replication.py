@@ -1,10 +1,8 @@
 """The MQTT side of a server: publish what the store accepted, apply what arrives.
 
-Threads. paho's network thread (`loop_start`) reads the socket, reconnects with
-backoff and decodes payloads (pure code); it hands every event to the event
-loop with `call_soon_threadsafe` and touches nothing else. The event loop
-thread owns the store and every attribute of `Replicator`; it publishes with
-paho's thread-safe `publish`.
+Threads: one. The event loop thread owns the store, every attribute of
+`Replicator`, and the paho client, whose socket it drives (kvs.mqtt): paho's
+callbacks below run on the loop, between gRPC calls.
 
 Topics, under the cluster prefix C (docs/replication.md):
 
@@ -22,15 +20,13 @@ is found by comparing digests and repaired by exchanging buckets.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import random
-import socket
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, ParamSpec
+from typing import Final, ParamSpec
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -42,6 +38,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from kvs.broker import Address
 from kvs.codec import Batch, Body, Codec, Digest, Message, Presence, Transfer
 from kvs.errors import BrokerUnreachable, CodecError
+from kvs.mqtt import LoopDriver
 from kvs.store import BUCKETS, Fragment, Store
 
 log = logging.getLogger("kvs.replication")
@@ -54,6 +51,9 @@ HEARTBEAT_ROUNDS: Final = 12
 """An unchanged digest still goes out once in this many sync intervals."""
 CATCH_UP_PATIENCE: Final = 5.0
 """Seconds a joining server waits for a peer's state without progress before serving anyway."""
+
+FLUSH_EVERY: Final = 0.002
+"""Seconds between batches under load: at most 500 MQTT messages a second for writes."""
 MAX_QUEUED: Final = 10_000
 """Unacknowledged publishes paho may hold; beyond it a batch is dropped and anti-entropy repairs."""
 
@@ -84,7 +84,7 @@ class Topics:
 
 
 def _guarded(callback: Callable[P, None]) -> Callable[P, None]:
-    """Nothing escapes a paho callback: the network thread must never die."""
+    """Nothing escapes a paho callback: a bad message must not stop the reading of the next."""
 
     @functools.wraps(callback)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
@@ -112,8 +112,11 @@ class Replicator:
         self._sync_interval = sync_interval
         self._loop = asyncio.get_running_loop()
         self._client = self._make_client()
+        self._driver = LoopDriver(self._client)
         self._connack: asyncio.Future[ReasonCode] = self._loop.create_future()
         self._outbox: list[Fragment] = []
+        self._flush_at: float | None = None  # when the scheduled flush runs (loop time)
+        self._last_flush = 0.0
         self._peers: set[str] = set()
         self._awaiting: set[str] | None = None  # peers whose state the first catch-up waits for
         self._started = time.monotonic()
@@ -123,6 +126,7 @@ class Replicator:
         self._quiet_rounds = 0
         self._queue_full = False
         self._ticker: asyncio.Task[None] | None = None
+        self._watchers: list[Callable[[str, Sequence[Fragment]], None]] = []
 
     @property
     def cluster(self) -> str:
@@ -137,6 +141,11 @@ class Replicator:
     def connected(self) -> bool:
         return self._client.is_connected()
 
+    def watch(self, watcher: Callable[[str, Sequence[Fragment]], None]) -> Callable[[], None]:
+        """Calls `watcher(origin, fragments)` after each batch from a peer is applied; returns an unwatch."""
+        self._watchers.append(watcher)
+        return lambda: self._watchers.remove(watcher)
+
     # Lifecycle (event loop) --------------------------------------------------------
 
     async def start(self) -> None:
@@ -144,26 +153,31 @@ class Replicator:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = SESSION_EXPIRY
         try:
-            await asyncio.to_thread(
-                self._client.connect, self.broker.host, self.broker.port, KEEPALIVE, properties=properties
-            )
+            await self._driver.connect(self.broker.host, self.broker.port, KEEPALIVE, properties)
+            reason = await asyncio.wait_for(asyncio.shield(self._connack), 10)
         except OSError as error:
             raise BrokerUnreachable(f"{self.broker}: {error.strerror or error}") from None
-        self._client.loop_start()
-        try:
-            reason = await asyncio.wait_for(asyncio.shield(self._connack), 10)
         except TimeoutError:
             reason = None
         if reason is None or reason.is_failure:
-            self._client.loop_stop()
+            await self._driver.stop()
             raise BrokerUnreachable(f"{self.broker}: {reason or 'no answer to CONNECT'}")
         self._ticker = asyncio.create_task(self._tick_forever())
 
-    def publish(self, fragments: Iterable[Fragment]) -> None:
-        """Queues accepted mutations; all those accepted in one loop iteration go out as one batch."""
-        if not self._outbox:
-            self._loop.call_soon(self._flush)
+    def publish(self, fragments: Sequence[Fragment]) -> None:
+        """Queues accepted mutations for the next batch.
+
+        A batch goes out at once after a quiet spell, and at most one per
+        FLUSH_EVERY under load, carrying everything accepted meanwhile. Each
+        MQTT message costs every server and the broker the same whatever it
+        carries, so fewer, larger ones keep a busy cluster fast (MEASURED.md:
+        batching is the lever); an idle one pays no delay.
+        """
         self._outbox.extend(fragments)
+        if self._flush_at is not None:
+            return  # a flush is already due
+        self._flush_at = max(self._loop.time(), self._last_flush + FLUSH_EVERY)
+        self._loop.call_at(self._flush_at, self._flush)
 
     async def stop(self) -> None:
         """Sends what is queued, says goodbye (clears the presence), disconnects."""
@@ -171,14 +185,17 @@ class Replicator:
             self._ticker.cancel()
         self._flush()
         goodbye = self._client.publish(self._topics.presence(self.node_id), b"", qos=1, retain=True)
-        if self._client.is_connected():
-            await asyncio.to_thread(goodbye.wait_for_publish, 2)
-        self._client.disconnect()
-        await asyncio.to_thread(self._client.loop_stop)
+        for _ in range(200):  # up to 2 s for the broker to acknowledge everything
+            if not self._client.is_connected() or goodbye.is_published():
+                break
+            await asyncio.sleep(0.01)
+        await self._driver.stop()
 
     # Publishing (event loop) -------------------------------------------------------
 
     def _flush(self) -> None:
+        self._flush_at = None
+        self._last_flush = self._loop.time()
         fragments, self._outbox = self._outbox, []
         for payload in self._codec.batches(fragments):
             self._send(self._topics.batch, payload)
@@ -304,6 +321,8 @@ class Replicator:
         body: Body = message.body
         if isinstance(body, Batch):
             self._store.join(body.fragments)
+            for watcher in self._watchers:
+                watcher(message.origin, body.fragments)
         elif isinstance(body, Digest):
             self._on_digest(message.origin, body)
         elif isinstance(body, Transfer):
@@ -324,7 +343,7 @@ class Replicator:
             self._awaiting.discard(peer)
             self._check_caught_up()
 
-    # paho's network thread ---------------------------------------------------------
+    # paho's callbacks (on the event loop, see kvs.mqtt) -------------------------
 
     def _make_client(self) -> mqtt.Client:
         client = mqtt.Client(
@@ -333,45 +352,35 @@ class Replicator:
             protocol=MQTTProtocolVersion.MQTTv5,
         )
         client.will_set(self._topics.presence(self.node_id), b"", qos=1, retain=True)
-        client.reconnect_delay_set(1, 4)
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(MAX_QUEUED)
-        client.on_socket_open = _guarded(self._paho_socket_open)
         client.on_connect = _guarded(self._paho_connect)
         client.on_disconnect = _guarded(self._paho_disconnect)
         client.on_subscribe = _guarded(self._paho_subscribe)
         client.on_message = _guarded(self._paho_message)
         return client
 
-    def _hand(self, handler: Callable[..., None], *args: Any) -> None:
-        """Runs `handler(*args)` on the event loop thread, which owns the store."""
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the server is shutting down
-            self._loop.call_soon_threadsafe(handler, *args)
-
-    def _paho_socket_open(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
-        # paho leaves Nagle's algorithm on, which delays small publishes by up to 40 ms.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
     def _paho_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
                       reason: ReasonCode, properties: Properties | None) -> None:  # fmt: skip
-        self._hand(self._on_connected, reason, flags.session_present)
+        self._on_connected(reason, flags.session_present)
 
     def _paho_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
                          reason: ReasonCode, properties: Properties | None) -> None:  # fmt: skip
-        if reason.value != 0:
+        if not self._driver.stopping:
             log.warning("broker connection lost (%s); reconnecting", reason)
+            self._driver.connection_lost()
 
     def _paho_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
                         reasons: list[ReasonCode], properties: Properties | None) -> None:  # fmt: skip
         if any(reason.is_failure for reason in reasons):
             log.error("the broker refused a subscription: %s", reasons)
-        self._hand(self._on_subscribed)
+        self._on_subscribed()
 
     def _paho_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         topic = message.topic
         try:
             if topic.startswith(self._topics.peers) and not message.payload:
-                self._hand(self._on_peer_left, topic.removeprefix(self._topics.peers))
+                self._on_peer_left(topic.removeprefix(self._topics.peers))
                 return
             decoded = self._check(topic, self._codec.decode(bytes(message.payload)))
         except CodecError as error:
@@ -379,7 +388,7 @@ class Replicator:
             return
         if message.retain and decoded.origin == self.node_id:
             return  # our presence from before a reconnection (or a previous run), not the echo we wait for
-        self._hand(self._on_message, decoded)
+        self._on_message(decoded)
 
     def _check(self, topic: str, message: Message) -> Message:
         """The message, if it is the kind its topic carries and comes from where it says."""

@@ -308,7 +308,5 @@ class Store:
     def _toggle(self, kind: bytes, key: str, ver: Version, val: str) -> None:
         # XOR is its own inverse: the same call adds an entry to the digest or removes it.
         raw = key.encode()
-        entry = hashlib.blake2b(_HASH_HEADER.pack(kind, len(raw), ver), digest_size=8)
-        entry.update(raw)
-        entry.update(val.encode())
+        entry = hashlib.blake2b(_HASH_HEADER.pack(kind, len(raw), ver) + raw + val.encode(), digest_size=8)
         self._digest[zlib.crc32(raw) % BUCKETS] ^= int.from_bytes(entry.digest(), "little")

@@ -152,7 +152,11 @@ class KvsServer(Process):
     @property
     def channel(self) -> grpc.Channel:
         if self._channel is None:
-            self._channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+            # Short reconnection backoff: a channel opened before the server listens
+            # would otherwise wait a second or more before trying again.
+            options = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.max_reconnect_backoff_ms", 100),
+                       ("grpc.min_reconnect_backoff_ms", 20)]  # fmt: skip
+            self._channel = grpc.insecure_channel(f"127.0.0.1:{self.port}", options=options)
         return self._channel
 
     @property
@@ -184,7 +188,7 @@ class KvsServer(Process):
             assert self.running(), f"{self.name} exited:\n{self.log()}"
             return bool(self.health() == health_pb2.HealthCheckResponse.SERVING)
 
-        wait_for(f"{self.name} to report SERVING", serving, timeout)
+        wait_for(f"{self.name} to report SERVING", serving, timeout, every=0.01)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         if self._channel is not None:

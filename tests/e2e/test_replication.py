@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
 import threading
+import time
 from collections.abc import Callable
 
 import grpc
 
 from kvs._gen import kvs_pb2 as pb
 from tests.e2e.conftest import Processes
-from tests.e2e.harness import KvsServer, converged, wait_for
+from tests.e2e.harness import ROOT, KvsServer, converged, wait_for
 
 
 def key(k: str, ver: int | None = None) -> pb.KeyRequest:
@@ -216,3 +219,27 @@ def test_calls_during_catch_up_wait_and_then_see_the_whole_state(processes: Proc
         assert s2.stub.Get(key("k029999"), timeout=30) == last
     except grpc.RpcError as error:  # pragma: no cover - reported with the log
         raise AssertionError(s2.log()) from error
+
+
+def test_admin_watch_shows_the_batches_a_server_applies(processes: Processes) -> None:
+    s1, s2 = processes.cluster_of(2)
+    watcher = subprocess.Popen(
+        [str(ROOT / "scripts" / "admin.sh"), "watch", f"127.0.0.1:{s2.port}"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert watcher.stdout is not None
+        wait_for("the watch stream to open", lambda: s2.stub.Get(key("x")).ver == 0)  # s2 is up
+        time.sleep(0.3)  # the stream is registered by then; nothing else tells us
+        list(s1.stub.PutAll(iter([kv("w1", "a"), kv("w2", "b")])))
+        keys: list[str] = []
+        while len(keys) < 2:  # one batch or two, as the writes fell in time
+            line = json.loads(watcher.stdout.readline())
+            assert line["origin"] == "s1"
+            keys += line["keys"]
+        assert keys == ["w1", "w2"]
+    finally:
+        watcher.terminate()
+        watcher.wait(10)

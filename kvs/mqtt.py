@@ -1,0 +1,166 @@
+"""paho-mqtt driven by the asyncio event loop instead of a thread of its own.
+
+Why: with paho's own thread (`loop_start`), every publish woke that thread and
+moved the GIL back and forth; measured, a replicated Put cost three times the
+CPU of an unreplicated one (docs/performance.md). Here the event loop reads
+and writes paho's socket (`add_reader`/`add_writer`), so paho's callbacks run
+on the loop thread, the one that owns the store, and nothing crosses threads.
+
+paho's own retry loop lives in that thread, so reconnecting is this module's
+job: after a disconnection it calls paho's `reconnect()` with a backoff of 1,
+2, 4, 4, ... seconds. `connect()` and `reconnect()` block while the TCP
+connection opens, so they run on a worker thread; paho calls the socket
+callbacks from there, and they hop to the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+
+log = logging.getLogger("kvs.mqtt")
+
+MISC_EVERY = 1.0
+"""Seconds between paho's housekeeping calls (keepalive pings, timeouts)."""
+READ_BURST = 256
+"""Packets read at most in one turn of the loop, so that gRPC calls still get theirs."""
+BACKOFF = (1.0, 2.0, 4.0)
+"""Seconds before each reconnection attempt; the last one repeats."""
+
+
+class LoopDriver:
+    """Drives one paho client from the running event loop."""
+
+    def __init__(self, client: mqtt.Client) -> None:
+        self._client = client
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._stopping = False
+        self._misc: asyncio.Task[None] | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._write_scheduled = False
+        self._waiting_to_write = False  # the socket's buffer was full: the loop watches it
+        client.on_socket_open = self._socket_open
+        client.on_socket_close = self._socket_close
+        client.on_socket_register_write = self._register_write
+        client.on_socket_unregister_write = self._unregister_write
+
+    async def connect(self, host: str, port: int, keepalive: int, properties: Properties) -> None:
+        """The first connection; raises OSError when the broker cannot be reached."""
+        await asyncio.to_thread(self._client.connect, host, port, keepalive, properties=properties)
+        self._misc = asyncio.create_task(self._housekeeping())
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def connection_lost(self) -> None:
+        """Call from on_disconnect: retries until connected again (unless stopping)."""
+        if not self._stopping and (self._reconnecting is None or self._reconnecting.done()):
+            self._reconnecting = asyncio.create_task(self._reconnect())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in (self._misc, self._reconnecting):
+            if task:
+                task.cancel()
+        self._client.disconnect()
+        # The DISCONNECT packet is written by loop_write on the next turns of the loop.
+        for _ in range(50):
+            if self._client.socket() is None:
+                break
+            await asyncio.sleep(0.01)
+
+    async def _reconnect(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            await asyncio.sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])
+            attempt += 1
+            try:
+                await asyncio.to_thread(self._client.reconnect)
+            except OSError as error:
+                log.info("broker still unreachable (%s); retrying", error.strerror or error)
+            else:
+                return
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(MISC_EVERY)
+            self._client.loop_misc()
+
+    # paho's socket callbacks: on the loop thread, or on a connecting worker -----
+
+    def _on_loop(self, action: Callable[..., object], *args: Any) -> None:
+        if threading.get_ident() == self._loop_thread:
+            action(*args)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: shutting down
+                self._loop.call_soon_threadsafe(action, *args)
+
+    def _socket_open(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
+        # paho leaves Nagle's algorithm on, which delays small publishes by up to 40 ms.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._on_loop(self._loop.add_reader, sock.fileno(), self._read)
+
+    def _socket_close(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
+        fd = sock.fileno()  # paho closes the socket right after this call
+        self._on_loop(self._forget, fd)
+
+    def _register_write(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
+        self._on_loop(self._write_soon)
+
+    def _unregister_write(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
+        pass  # _write watches the socket itself
+
+    def _forget(self, fd: int) -> None:
+        self._loop.remove_reader(fd)
+        self._loop.remove_writer(fd)
+        self._waiting_to_write = False
+
+    def _read(self) -> None:
+        # loop_read handles one packet per call when nothing of ours awaits an
+        # acknowledgement; read on while more is waiting, or a busy loop would
+        # take one replicated batch per turn and fall behind.
+        for _ in range(READ_BURST):
+            self._client.loop_read()
+            sock = self._client.socket()
+            if sock is None or not _has_data(sock):
+                return
+
+    def _write_soon(self) -> None:
+        # Everything published in this turn of the loop goes out in one pass at
+        # its end. The socket is watched for writability only when its buffer
+        # is full, rather than added and removed for every publish.
+        if not self._write_scheduled:
+            self._write_scheduled = True
+            self._loop.call_soon(self._write)
+
+    def _write(self) -> None:
+        self._write_scheduled = False
+        self._client.loop_write()
+        sock = self._client.socket()
+        if sock is None:
+            return
+        if self._client.want_write() and not self._waiting_to_write:
+            self._loop.add_writer(sock.fileno(), self._write)
+            self._waiting_to_write = True
+        elif not self._client.want_write() and self._waiting_to_write:
+            self._loop.remove_writer(sock.fileno())
+            self._waiting_to_write = False
+
+
+def _has_data(sock: Any) -> bool:
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # let loop_read meet the error and report the disconnection
