@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The kvs benchmark: kvs beside the ceilings of what it is built on, in one run.
 
-    scripts/bench.py [--rounds 3] [--seconds 1.5]
+    scripts/bench.py [--rounds 3] [--seconds 1.2]
 
 (from a fresh clone too: it runs ./compile.sh --dev first and re-runs itself in .venv).
 
@@ -284,7 +284,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=1.5)
+    parser.add_argument("--seconds", type=float, default=1.2)
     parser.add_argument("--only", choices=PARTS, action="append", help="run only this part (repeatable)")
     args = parser.parse_args()
     parts = args.only or PARTS
