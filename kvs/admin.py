@@ -20,6 +20,7 @@ import grpc
 
 from kvs._gen import replication_pb2 as pb
 from kvs._gen import replication_pb2_grpc as pb_grpc
+from kvs.codec import fields
 from kvs.replication import Replicator
 from kvs.store import Fragment, Store
 
@@ -55,12 +56,7 @@ class Admin(pb_grpc.AdminServicer):
         # Read it all before the first reply: one consistent view.
         fragments = list(self._store.export())
         for fragment in fragments:
-            yield pb.Fragment(
-                key=fragment.key,
-                floor=fragment.floor,
-                versions=[ver for ver, _ in fragment.versions],
-                values=[val for _, val in fragment.versions],
-            )
+            yield pb.Fragment(**fields(fragment))
 
     async def Watch(
         self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -173,15 +173,20 @@ def _fragments(messages: Iterable[pb.Fragment]) -> tuple[Fragment, ...]:
     return tuple(fragments)
 
 
+def fields(fragment: Fragment) -> dict[str, Any]:
+    """The fields of the protobuf Fragment that carries `fragment`."""
+    return {
+        "key": fragment.key,
+        "floor": fragment.floor,
+        "versions": [ver for ver, _ in fragment.versions],
+        "values": [val for _, val in fragment.versions],
+    }
+
+
 def _fill(repeated: Any, chunk: list[Fragment]) -> None:
     """Adds the fragments to a repeated Fragment field (in place: extend() would copy them)."""
     for fragment in chunk:
-        repeated.add(
-            key=fragment.key,
-            floor=fragment.floor,
-            versions=[ver for ver, _ in fragment.versions],
-            values=[val for _, val in fragment.versions],
-        )
+        repeated.add(**fields(fragment))
 
 
 def _chunks(fragments: Iterable[Fragment]) -> Iterator[list[Fragment]]:

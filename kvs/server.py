@@ -1,8 +1,9 @@
 """The kvs server: flags, wiring and lifecycle.
 
 Concurrency, in one place: the asyncio event loop thread owns the store. gRPC
-calls run on it as coroutines; paho's network thread hands what arrives from
-the broker to it (kvs.replication); nothing else touches the store.
+calls run on it as coroutines, and so do paho's callbacks: the loop drives the
+MQTT socket (kvs.mqtt). Worker threads only open TCP connections and start or
+stop the private broker; nothing else touches the store.
 """
 
 from __future__ import annotations

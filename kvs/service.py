@@ -28,7 +28,6 @@ STATUS: dict[type[KvsError], grpc.StatusCode] = {
     VersionExhausted: grpc.StatusCode.OUT_OF_RANGE,
 }
 
-
 Publish = Callable[[Sequence[Fragment]], None]
 """Takes the fragments of an accepted mutation for replication."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import select
@@ -12,6 +13,8 @@ from collections.abc import Callable
 import grpc
 
 from kvs._gen import kvs_pb2 as pb
+from kvs._gen.replication_pb2 import WatchRequest
+from kvs._gen.replication_pb2_grpc import AdminStub
 from tests.e2e.conftest import Processes
 from tests.e2e.harness import ROOT, KvsServer, converged, wait_for
 
@@ -248,3 +251,31 @@ def test_admin_watch_shows_the_batches_a_server_applies(processes: Processes) ->
     finally:
         watcher.terminate()
         watcher.wait(10)
+
+
+def test_a_stream_of_writes_replicates_in_batches_not_one_message_each(processes: Processes) -> None:
+    s1, s2 = processes.cluster_of(2)
+    stream = AdminStub(s2.channel).Watch(WatchRequest(), timeout=60)
+    batches: list[list[str]] = []
+
+    def read() -> None:
+        with contextlib.suppress(grpc.RpcError):  # the cancel() at the end
+            batches.extend(list(applied.keys) for applied in stream)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        marker = iter(range(1_000_000))
+        wait_for(  # the stream is open once a marker write comes through it
+            "the watch stream",
+            lambda: s1.stub.Put(kv(f"marker{next(marker)}", "m")) and any(batches),
+            every=0.05,
+        )
+        keys = [f"bulk{i:03}" for i in range(300)]
+        list(s1.stub.PutAll(iter([kv(k, "v") for k in keys])))
+        wait_for("every key to arrive", lambda: {k for b in batches for k in b} >= set(keys))
+        carrying = [b for b in batches if any(k.startswith("bulk") for k in b)]
+        assert len(carrying) < len(keys)  # one MQTT message per write would be one batch each
+    finally:
+        stream.cancel()  # type: ignore[no-untyped-call]
+        reader.join(10)
