@@ -37,6 +37,7 @@ LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 CONFIG = """\
 listener {port} 127.0.0.1
 allow_anonymous true
+sys_interval 1
 set_tcp_nodelay true
 max_queued_messages 100000
 persistence false
@@ -90,14 +91,23 @@ class EmbeddedBroker:
         self.home = Path(tempfile.gettempdir()) / f"kvs-broker-{port}"
         self._users: IO[str] | None = None  # holds a shared lock while this server uses the broker
         self._process: subprocess.Popen[bytes] | None = None  # set when this server started it
+        self.fresh = False
+        """Whether this server started the broker while no other server of this machine used one:
+        then nobody can hold state that it must wait for (kvs.sync)."""
 
     def acquire(self) -> None:
         """Makes sure a broker listens on the port (starting ours if none does) and marks it used."""
         self.home.mkdir(exist_ok=True)
         with self._deciding():
-            if not listening(Address("127.0.0.1", self.port)):
+            started = not listening(Address("127.0.0.1", self.port))
+            if started:
                 self._start()
             self._users = (self.home / "users.lock").open("a")
+            try:  # servers whose broker died hold their shared locks while they retry
+                fcntl.flock(self._users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self.fresh = started
+            except BlockingIOError:
+                pass
             fcntl.flock(self._users, fcntl.LOCK_SH)
 
     def release(self) -> None:

@@ -1,7 +1,13 @@
 """Replication messages <-> bytes (proto/replication.proto). Pure: no IO.
 
-`decode` accepts only a well-formed message of this cluster's format and
-raises `CodecError` on anything else, so the MQTT side can log and drop it.
+A payload is `FORMAT` (one byte), an HMAC-SHA256 tag over the rest made with
+the cluster key, then a protobuf `Envelope`. `Codec.decode` checks the tag
+before it parses anything, so a payload from anyone without the key costs one
+HMAC and is dropped; it raises `CodecError` on anything that is not a
+well-formed message of this cluster, so the MQTT side can log and drop it.
+Replays (a tagged message seen before) are the sync core's to drop: it keeps
+the (epoch, counter) high-water mark per peer (kvs/sync.py).
+
 Every payload it produces stays under `MAX_PAYLOAD`: long lists of fragments
 are split into several messages, and a key with a very long history into
 several fragments (a key's state may arrive in pieces: the join does not mind).
@@ -9,9 +15,12 @@ several fragments (a key's state may arrive in pieces: the join does not mind).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import hashlib
+import hmac
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from google.protobuf.message import DecodeError
 
@@ -19,43 +28,54 @@ from kvs._gen import replication_pb2 as pb
 from kvs.errors import CodecError
 from kvs.store import BUCKETS, MAX_VERSION, Fragment
 
-FORMAT = 1
-"""The payload format this code reads and writes; see Envelope.format."""
+FORMAT: Final = 2
+"""The payload format this code reads and writes: the first byte of every payload."""
 
-MAX_PAYLOAD = 8 * 1024 * 1024
+TAG: Final = 32
+"""Bytes of the HMAC-SHA256 tag after the format byte."""
+
+MAX_PAYLOAD: Final = 8 * 1024 * 1024
 """Larger payloads are refused: twice the largest gRPC request a server takes."""
 
-CHUNK = 256 * 1024
+CHUNK: Final = 256 * 1024
 """A message is closed once it holds about this many characters of fragments."""
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Mutations a server accepted from its clients."""
+    """Mutations a server accepted from its clients; `seq` numbers them per epoch."""
 
     fragments: tuple[Fragment, ...]
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Digest:
-    """One hash per bucket of the sender's state; urgent: answer with differences now."""
+    """One hash per bucket of the sender's state; a nonzero `request` asks for the differences."""
 
     buckets: tuple[int, ...]
-    urgent: bool = False
+    request: int = 0
+    batch_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Transfer:
-    """Part of the sender's state; `last` ends a transfer, `send_back` asks for ours."""
+    """Part `part` of transfer `id`; the final part sets `last` and `parts` (and may ask `send_back`)."""
 
     fragments: tuple[Fragment, ...]
     last: bool = False
     send_back: frozenset[int] = frozenset()
+    id: int = 0
+    part: int = 0
+    parts: int = 0
+    answers: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Presence:
-    """The sender is up."""
+    """The sender is up (retained while it runs), or has left (`up` false)."""
+
+    up: bool = True
 
 
 Body = Batch | Digest | Transfer | Presence
@@ -65,92 +85,135 @@ Body = Batch | Digest | Transfer | Presence
 class Message:
     origin: str
     body: Body
+    epoch: int = 0
+    counter: int = 0
+    sent_ms: int = 0
 
 
 class Codec:
-    """Encodes and decodes the messages of one server of one cluster."""
+    """Encodes and decodes the messages of one server of one cluster, signed with the cluster key."""
 
-    def __init__(self, cluster: str, origin: str) -> None:
+    def __init__(
+        self, cluster: str, origin: str, key: bytes, epoch: int = 0, clock: Callable[[], int] = lambda: 0
+    ) -> None:
         self.cluster = cluster
         self.origin = origin
+        self.epoch = epoch
+        self._key = key
+        self._clock = clock
+        self._counter = itertools.count(1)
+        self._transfer_ids = itertools.count(1)
 
     # Encoding ----------------------------------------------------------------
 
-    def digest(self, buckets: tuple[int, ...], urgent: bool = False) -> bytes:
+    def digest(self, buckets: tuple[int, ...], request: int = 0, batch_seq: int = 0) -> bytes:
         envelope = self._envelope()
         envelope.digest.buckets.extend(buckets)
-        envelope.digest.urgent = urgent
-        return envelope.SerializeToString()
+        envelope.digest.request = request
+        envelope.digest.batch_seq = batch_seq
+        return self._seal(envelope)
 
-    def presence(self) -> bytes:
+    def presence(self, up: bool = True) -> bytes:
         envelope = self._envelope()
-        envelope.presence.SetInParent()
-        return envelope.SerializeToString()
+        envelope.presence.up = up
+        return self._seal(envelope)
 
-    def batches(self, fragments: Iterable[Fragment]) -> Iterator[bytes]:
-        """Batch payloads carrying `fragments` in order (one, unless they are large)."""
+    def batches(self, fragments: Iterable[Fragment], seqs: Callable[[], int] = lambda: 0) -> Iterator[bytes]:
+        """Batch payloads carrying `fragments` in order (one, unless they are large), numbered by `seqs`."""
         for chunk in _chunks(fragments):
             envelope = self._envelope()
             _fill(envelope.batch.fragments, chunk)
-            yield envelope.SerializeToString()
+            envelope.batch.seq = seqs()
+            yield self._seal(envelope)
 
-    def transfer(self, fragments: Iterable[Fragment], send_back: Iterable[int] = ()) -> Iterator[bytes]:
-        """Transfer payloads carrying `fragments`; the final one (always sent) sets `last`."""
+    def transfer(
+        self, fragments: Iterable[Fragment], send_back: Iterable[int] = (), answers: int = 0
+    ) -> Iterator[bytes]:
+        """Transfer payloads carrying `fragments`; the final one (always sent) sets `last` and `parts`."""
+        transfer_id = next(self._transfer_ids)
         pending: list[Fragment] | None = None
+        part = 0
         for chunk in _chunks(fragments):
             if pending is not None:
-                yield self._transfer(pending, last=False, send_back=())
+                yield self._transfer(transfer_id, part, pending)
+                part += 1
             pending = chunk
-        yield self._transfer(pending or [], last=True, send_back=send_back)
+        last = self._envelope()
+        _fill(last.transfer.fragments, pending or [])
+        last.transfer.last = True
+        last.transfer.send_back.extend(sorted(send_back))
+        last.transfer.parts = part + 1
+        last.transfer.answers = answers
+        last.transfer.id, last.transfer.part = transfer_id, part
+        yield self._seal(last)
 
-    def _transfer(self, chunk: list[Fragment], last: bool, send_back: Iterable[int]) -> bytes:
+    def _transfer(self, transfer_id: int, part: int, chunk: list[Fragment]) -> bytes:
         envelope = self._envelope()
         _fill(envelope.transfer.fragments, chunk)
-        envelope.transfer.last = last
-        envelope.transfer.send_back.extend(sorted(send_back))
-        return envelope.SerializeToString()
+        envelope.transfer.id, envelope.transfer.part = transfer_id, part
+        return self._seal(envelope)
 
     def _envelope(self) -> pb.Envelope:
-        return pb.Envelope(format=FORMAT, cluster=self.cluster, origin=self.origin)
+        return pb.Envelope(
+            cluster=self.cluster,
+            origin=self.origin,
+            epoch=self.epoch,
+            counter=next(self._counter),
+            sent_ms=self._clock(),
+        )
+
+    def _seal(self, envelope: pb.Envelope) -> bytes:
+        body = envelope.SerializeToString()
+        return bytes((FORMAT,)) + hmac.digest(self._key, body, hashlib.sha256) + body
 
     # Decoding ----------------------------------------------------------------
 
     def decode(self, payload: bytes) -> Message:
-        """The message in `payload`; CodecError unless it is a valid one for this cluster."""
+        """The message in `payload`; CodecError unless it is a valid, authentic one for this cluster."""
         if not payload:
             raise CodecError("empty payload")
         if len(payload) > MAX_PAYLOAD:
             raise CodecError(f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD}-byte limit")
+        if payload[0] != FORMAT:
+            raise CodecError(f"unknown payload format {payload[0]} (this server reads {FORMAT})")
+        tag, body = payload[1 : 1 + TAG], payload[1 + TAG :]
+        if not hmac.compare_digest(tag, hmac.digest(self._key, body, hashlib.sha256)):
+            raise CodecError("bad authentication tag (not signed with this cluster's key)")
         envelope = pb.Envelope()
         try:
-            envelope.ParseFromString(payload)
+            envelope.ParseFromString(body)
         except DecodeError as error:
             raise CodecError(f"not a kvs message ({len(payload)} bytes): {error}") from None
-        if envelope.format != FORMAT:
-            raise CodecError(f"unknown payload format {envelope.format} (this server reads {FORMAT})")
         if envelope.cluster != self.cluster:
             raise CodecError(f"message for cluster {envelope.cluster!r}, this is {self.cluster!r}")
         if not envelope.origin:
             raise CodecError("message without an origin")
-        return Message(envelope.origin, _body(envelope))
+        if not envelope.epoch or not envelope.counter:
+            raise CodecError("message without an epoch and counter")
+        body_ = _body(envelope)
+        return Message(envelope.origin, body_, envelope.epoch, envelope.counter, envelope.sent_ms)
 
 
 def _body(envelope: pb.Envelope) -> Body:
     kind = envelope.WhichOneof("body")
     if kind == "batch":
-        return Batch(_fragments(envelope.batch.fragments))
+        return Batch(_fragments(envelope.batch.fragments), envelope.batch.seq)
     if kind == "digest":
-        buckets = tuple(envelope.digest.buckets)
+        digest = envelope.digest
+        buckets = tuple(digest.buckets)
         if len(buckets) != BUCKETS:
             raise CodecError(f"digest with {len(buckets)} buckets, not {BUCKETS}")
-        return Digest(buckets, envelope.digest.urgent)
+        return Digest(buckets, digest.request, digest.batch_seq)
     if kind == "transfer":
-        send_back = frozenset(envelope.transfer.send_back)
+        t = envelope.transfer
+        send_back = frozenset(t.send_back)
         if any(bucket >= BUCKETS for bucket in send_back):
             raise CodecError(f"transfer asks for a bucket beyond {BUCKETS - 1}")
-        return Transfer(_fragments(envelope.transfer.fragments), envelope.transfer.last, send_back)
+        if t.last and not t.part < t.parts:
+            raise CodecError(f"final transfer part {t.part} of {t.parts}")
+        return Transfer(_fragments(t.fragments), t.last, send_back, t.id, t.part, t.parts, t.answers)
     if kind == "presence":
-        return Presence()
+        return Presence(envelope.presence.up)
     raise CodecError("message without a body")
 
 
@@ -167,7 +230,7 @@ def _fragments(messages: Iterable[pb.Fragment]) -> tuple[Fragment, ...]:
             pairs: tuple[tuple[int, str], ...] = ((versions[0], values[0]),)
         else:
             pairs = tuple(zip(versions, values, strict=False))  # lengths checked above
-        if floor < 0 or any(not 0 < ver <= MAX_VERSION for ver, _ in pairs):
+        if not 0 <= floor <= MAX_VERSION + 1 or any(not 0 < ver <= MAX_VERSION for ver, _ in pairs):
             raise CodecError(f"fragment of {key!r} has a version out of range")
         fragments.append(Fragment(key, floor, pairs))
     return tuple(fragments)

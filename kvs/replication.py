@@ -1,20 +1,19 @@
-"""The MQTT side of a server: publish what the store accepted, apply what arrives.
+"""The MQTT side of a server: the adapter between paho, the store and the sync core.
 
-Threads: one. The event loop thread owns the store, every attribute of
-`Replicator`, and the paho client, whose socket it drives (kvs.mqtt): paho's
-callbacks below run on the loop, between gRPC calls.
+Every decision (who is a peer, when to ask for state, what to repair, when to
+serve) is kvs/sync.py's; this module only carries them out: it publishes the
+writes the store accepted, decodes what arrives and feeds it to the core, and
+runs the core's actions in order, in slices that leave room for gRPC calls.
+
+Threads: one. The event loop thread owns the store, this object and the paho
+client, whose socket it drives (kvs.mqtt): paho's callbacks run on the loop.
 
 Topics, under the cluster prefix C (docs/replication.md):
 
     C/batch        Batch      the mutations a server accepted, as it accepted them
-    C/digest       Digest     a hash per key bucket: periodic, and urgent on (re)connection
-    C/to/<id>      Transfer   state sent to one server (an answer or a repair)
-    C/peers/<id>   Presence   retained while the server is up; empty once it has left
-
-Convergence: every payload is a state fragment and the store's join is
-order- and duplicate-insensitive, so applying whatever arrives is always safe.
-What can go missing (a broker restart, a long disconnection, a queue overflow)
-is found by comparing digests and repaired by exchanging buckets.
+    C/digest       Digest     a hash per key bucket: periodic, or a request after (re)connecting
+    C/to/<id>      Transfer   state sent to one server; or a Digest request to that server
+    C/peers/<id>   Presence   retained: up while the server runs, down once it has left
 """
 
 from __future__ import annotations
@@ -24,63 +23,46 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from typing import Final, ParamSpec
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from kvs.broker import Address
-from kvs.codec import Batch, Body, Codec, Digest, Message, Presence, Transfer
+from kvs.codec import Batch, Codec, Digest, Message, Presence, Transfer
 from kvs.errors import BrokerUnreachable, CodecError
 from kvs.mqtt import LoopDriver
-from kvs.store import BUCKETS, Fragment, Store
+from kvs.store import Fragment, Store
+from kvs.sync import Action, Apply, Publish, SendState, Serve, Sync
 
 log = logging.getLogger("kvs.replication")
 
 KEEPALIVE: Final = 10
-"""Seconds; the broker declares a silent server gone (its presence cleared) after 1.5 times this."""
+"""Seconds; the broker declares a silent server gone (publishes its will) after 1.5 times this."""
 SESSION_EXPIRY: Final = 300
 """Seconds the broker keeps queueing for a disconnected server before forgetting it."""
-HEARTBEAT_ROUNDS: Final = 12
-"""An unchanged digest still goes out once in this many sync intervals."""
-CATCH_UP_PATIENCE: Final = 5.0
-"""Seconds a joining server waits for a peer's state without progress before serving anyway."""
-
 FLUSH_EVERY: Final = 0.002
 """Seconds between batches under load: at most 500 MQTT messages a second for writes."""
-MAX_QUEUED: Final = 10_000
-"""Unacknowledged publishes paho may hold; beyond it a batch is dropped and anti-entropy repairs."""
+WRITE_WINDOW: Final = 2_000
+"""Write batches paho may hold unacknowledged; beyond it a batch is dropped, its number skipped,
+and the peers ask for the difference. Control messages are never held back (guarantee 6)."""
+SLICE: Final = 512
+"""Fragments joined, or keys exported, between two turns of the event loop."""
+LOG_EVERY: Final = 10.0
+"""Seconds between two log lines about dropped messages of one reason."""
+UPTIME: Final = "$SYS/broker/uptime"
 
 P = ParamSpec("P")
 
 
-@dataclass(frozen=True)
-class Topics:
-    cluster: str
-
-    @property
-    def batch(self) -> str:
-        return f"{self.cluster}/batch"
-
-    @property
-    def digest(self) -> str:
-        return f"{self.cluster}/digest"
-
-    @property
-    def peers(self) -> str:
-        return f"{self.cluster}/peers/"
-
-    def inbox(self, node_id: str) -> str:
-        return f"{self.cluster}/to/{node_id}"
-
-    def presence(self, node_id: str) -> str:
-        return f"{self.peers}{node_id}"
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _guarded(callback: Callable[P, None]) -> Callable[P, None]:
@@ -96,57 +78,77 @@ def _guarded(callback: Callable[P, None]) -> Callable[P, None]:
     return wrapper
 
 
+class DropLog:
+    """One log line per reason per LOG_EVERY seconds, with the count of what was dropped meanwhile."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+        self._last: dict[str, float] = {}
+
+    def drop(self, reason: str, detail: str) -> None:
+        now = time.monotonic()
+        self._counts[reason] += 1
+        if now - self._last.get(reason, -LOG_EVERY) >= LOG_EVERY:
+            count, self._counts[reason] = self._counts[reason], 0
+            log.warning("dropped %d message(s) in %.0f s (%s); latest: %s", count, LOG_EVERY, reason, detail)
+            self._last[reason] = now
+
+
 class Replicator:
     """Keeps one server's store in step with its peers through the broker."""
 
     def __init__(
-        self, store: Store, cluster: str, node_id: str, broker: Address, sync_interval: float = 5.0
+        self,
+        store: Store,
+        cluster: str,
+        node_id: str,
+        broker: Address,
+        key: bytes,
+        *,
+        sync_interval: float = 5.0,
+        fresh: bool = False,
     ) -> None:
-        self.node_id = node_id
-        self.broker = broker
+        self.node_id, self.cluster, self.broker = node_id, cluster, broker
         self.caught_up = asyncio.Event()
-        """Set once this server holds its peers' state (or found none to wait for)."""
+        """Set once this server holds its peers' state (kvs.sync's joining rule)."""
         self._store = store
-        self._codec = Codec(cluster, node_id)
-        self._topics = Topics(cluster)
-        self._sync_interval = sync_interval
+        self._codec = Codec(cluster, node_id, key, epoch=now_ms(), clock=now_ms)
+        self._sync = Sync(node_id, sync_interval, fresh=fresh)
         self._loop = asyncio.get_running_loop()
         self._client = self._make_client()
         self._driver = LoopDriver(self._client)
         self._connack: asyncio.Future[ReasonCode] = self._loop.create_future()
         self._outbox: list[Fragment] = []
-        self._flush_at: float | None = None  # when the scheduled flush runs (loop time)
+        self._flush_at: float | None = None
         self._last_flush = 0.0
-        self._peers: set[str] = set()
-        self._awaiting: set[str] | None = None  # peers whose state the first catch-up waits for
+        self._writes: set[int] = set()  # mids of write batches paho holds unacknowledged
+        self._work: deque[Action] = deque()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
         self._started = time.monotonic()
-        self._progress = self._started  # the last time the catch-up moved
-        self._peer_digests: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}  # theirs, ours then
-        self._published_digest: tuple[int, ...] | None = None
-        self._quiet_rounds = 0
-        self._queue_full = False
-        self._ticker: asyncio.Task[None] | None = None
+        self._drops = DropLog()
         self._watchers: list[Callable[[str, Sequence[Fragment]], None]] = []
-
-    @property
-    def cluster(self) -> str:
-        return self._topics.cluster
 
     @property
     def peers(self) -> frozenset[str]:
         """The peers known to be up."""
-        return frozenset(self._peers)
+        return frozenset(name for name, peer in self._sync.peers.items() if peer.present)
 
     @property
     def connected(self) -> bool:
         return self._client.is_connected()
+
+    @property
+    def last_repair(self) -> float | None:
+        """time.monotonic() of the last repair this server started, if any."""
+        return self._sync.last_repair
 
     def watch(self, watcher: Callable[[str, Sequence[Fragment]], None]) -> Callable[[], None]:
         """Calls `watcher(origin, fragments)` after each batch from a peer is applied; returns an unwatch."""
         self._watchers.append(watcher)
         return lambda: self._watchers.remove(watcher)
 
-    # Lifecycle (event loop) --------------------------------------------------------
+    # Lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Connects to the broker, or raises BrokerUnreachable; catching up goes on in the background."""
@@ -162,249 +164,234 @@ class Replicator:
         if reason is None or reason.is_failure:
             await self._driver.stop()
             raise BrokerUnreachable(f"{self.broker}: {reason or 'no answer to CONNECT'}")
-        self._ticker = asyncio.create_task(self._tick_forever())
+        self._tasks = [asyncio.create_task(job()) for job in (self._tick_forever, self._work_forever)]
 
     def publish(self, fragments: Sequence[Fragment]) -> None:
-        """Queues accepted mutations for the next batch.
-
-        A batch goes out at once after a quiet spell, and at most one per
-        FLUSH_EVERY under load, carrying everything accepted meanwhile. Each
-        MQTT message costs every server and the broker the same whatever it
-        carries, so fewer, larger ones keep a busy cluster fast (MEASURED.md:
-        batching is the lever); an idle one pays no delay.
-        """
+        """Queues accepted mutations for the next batch: at once after a quiet spell, and at most one
+        batch per FLUSH_EVERY under load (fewer, larger messages: docs/performance.md)."""
         self._outbox.extend(fragments)
         if self._flush_at is not None:
-            return  # a flush is already due
+            return
         self._flush_at = max(self._loop.time(), self._last_flush + FLUSH_EVERY)
         self._loop.call_at(self._flush_at, self._flush)
 
     async def stop(self) -> None:
-        """Sends what is queued, says goodbye (clears the presence), disconnects."""
-        if self._ticker:
-            self._ticker.cancel()
+        """Sends what is queued, says goodbye (a retained Presence down), disconnects."""
+        for task in self._tasks:
+            task.cancel()
         self._flush()
-        goodbye = self._client.publish(self._topics.presence(self.node_id), b"", qos=1, retain=True)
+        goodbye = self._client.publish(self._topic("presence"), self._codec.presence(up=False), 1, True)
         for _ in range(200):  # up to 2 s for the broker to acknowledge everything
             if not self._client.is_connected() or goodbye.is_published():
                 break
             await asyncio.sleep(0.01)
         await self._driver.stop()
 
-    # Publishing (event loop) -------------------------------------------------------
+    # Publishing ----------------------------------------------------------------------
+
+    def _topic(self, route: str) -> str:
+        if route in ("batch", "digest"):
+            return f"{self.cluster}/{route}"
+        if route == "presence":
+            return f"{self.cluster}/peers/{self.node_id}"
+        return f"{self.cluster}/to/{route}"
 
     def _flush(self) -> None:
         self._flush_at = None
         self._last_flush = self._loop.time()
         fragments, self._outbox = self._outbox, []
-        for payload in self._codec.batches(fragments):
-            self._send(self._topics.batch, payload)
+        for payload in self._codec.batches(fragments, self._sync.next_batch_seq):
+            if len(self._writes) >= WRITE_WINDOW:
+                self._drops.drop("write window full", "peers will ask for the difference")
+                continue  # its number is skipped: the peers notice and ask (kvs.sync)
+            self._writes.add(self._client.publish(self._topic("batch"), payload, qos=1).mid)
 
-    def _send(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
-        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-            if not self._queue_full:
-                log.warning("the MQTT publish queue is full: dropping; anti-entropy will repair the peers")
-            self._queue_full = True
+    def _publish(self, action: Publish) -> None:
+        body = action.body
+        if isinstance(body, Digest):
+            payload = self._codec.digest(body.buckets, body.request, body.batch_seq)
+        elif isinstance(body, Presence):
+            payload = self._codec.presence(body.up)
         else:
-            self._queue_full = False
-        # MQTT_ERR_NO_CONN: paho keeps the message and sends it after reconnecting.
+            raise TypeError(f"the core does not publish {type(body).__name__}")
+        self._client.publish(self._topic(action.route), payload, qos=1, retain=action.retain)
 
-    def _send_state(self, peer: str, buckets: Collection[int], send_back: Collection[int] = ()) -> None:
-        """Our state of `buckets` to one peer, ending with a `last` message."""
-        fragments: Iterable[Fragment] = ()
-        if buckets:
-            fragments = self._store.export(None if len(buckets) == BUCKETS else buckets)
-        for payload in self._codec.transfer(fragments, send_back):
-            self._send(self._topics.inbox(peer), payload)
+    # The core's actions, in order, in slices -------------------------------------------
 
-    def _send_digest(self, urgent: bool = False) -> None:
-        self._published_digest = self._store.digest()
-        self._quiet_rounds = 0
-        self._send(self._topics.digest, self._codec.digest(self._published_digest, urgent))
+    def _run(self, actions: Sequence[Action]) -> None:
+        self._work.extend(actions)
+        self._wake.set()
 
-    # Anti-entropy (event loop) -----------------------------------------------------
+    async def _work_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._work:
+                await self._do(self._work.popleft())
+
+    async def _do(self, action: Action) -> None:
+        if isinstance(action, Publish):
+            self._publish(action)
+        elif isinstance(action, Apply):
+            for start in range(0, len(action.fragments), SLICE):
+                self._store.join(action.fragments[start : start + SLICE])
+                await asyncio.sleep(0)
+            if action.batch:
+                for watcher in self._watchers:
+                    watcher(action.origin, action.fragments)
+        elif isinstance(action, SendState):
+            await self._send_state(action)
+        elif isinstance(action, Serve):
+            log.info(
+                "caught up: %d keys, %.2f s after start",
+                self._store.key_count(),
+                time.monotonic() - self._started,
+            )
+            self.caught_up.set()
+        elif action.drop:
+            self._drops.drop(action.drop, action.text)
+        else:
+            log.info("%s", action.text)
+
+    async def _send_state(self, action: SendState) -> None:
+        fragments = list(self._store.export(action.buckets)) if action.buckets != frozenset() else []
+        topic = self._topic(action.peer)
+        for payload in self._codec.transfer(fragments, action.send_back, action.answers):
+            self._client.publish(topic, payload, qos=1)
+            await asyncio.sleep(0)
+        self._run(self._sync.sent(action.peer, time.monotonic(), self._store.digest()))
+
+    # Time -------------------------------------------------------------------------------
 
     async def _tick_forever(self) -> None:
+        interval = self._sync.interval
+        next_tick = time.monotonic() + interval * random.uniform(0.8, 1.2)
         while True:
-            # Jitter keeps the servers of a cluster from publishing in lockstep.
-            await asyncio.sleep(self._sync_interval * random.uniform(0.8, 1.2))
-            self._tick()
+            # Poll often while joining (serving may begin once the broker has settled);
+            # tick every interval, with jitter so that servers do not publish in lockstep.
+            await asyncio.sleep(0.05 if not self._sync.serving else max(0.0, next_tick - time.monotonic()))
+            now = time.monotonic()
+            self._run(self._sync.poll(now))
+            if now >= next_tick:
+                next_tick = now + interval * random.uniform(0.8, 1.2)
+                self._run(self._sync.tick(now, self._store.digest()))
 
-    def _tick(self) -> None:
-        if not self.caught_up.is_set() and time.monotonic() - self._progress > CATCH_UP_PATIENCE:
-            log.warning("no state from %s for %.0f s: serving with what this server has",
-                        sorted(self._awaiting or ()) or "the broker", CATCH_UP_PATIENCE)  # fmt: skip
-            self._set_caught_up()
-        if not self._client.is_connected():
-            return
-        ours = self._store.digest()
-        peers_differ = any(theirs != ours for theirs, _ in self._peer_digests.values())
-        self._quiet_rounds += 1
-        # An idle, converged cluster says almost nothing: one digest per heartbeat.
-        if ours != self._published_digest or peers_differ or self._quiet_rounds >= HEARTBEAT_ROUNDS:
-            self._send_digest()
+    # paho's callbacks (on the event loop, see kvs.mqtt) -----------------------------------
 
-    def _on_digest(self, origin: str, digest: Digest) -> None:
-        ours = self._store.digest()
-        differing = {b for b in range(BUCKETS) if ours[b] != digest.buckets[b]}
-        if digest.urgent:
-            # A peer joined or reconnected: answer at once, and ask for what only it may have.
-            self._peer_digests.pop(origin, None)
-            self._send_state(origin, differing, send_back={b for b in differing if digest.buckets[b]})
-            return
-        previous = self._peer_digests.get(origin)
-        self._peer_digests[origin] = (digest.buckets, ours)
-        if not differing or previous is None or self.node_id > origin:
-            return  # nothing to do, too early to tell, or the peer with the smaller id repairs
-        # Differences on both sides change while writes are in flight; a bucket that
-        # differs the same way in two rounds in a row is one the messages missed.
-        theirs_before, ours_before = previous
-        stuck = {b for b in differing if theirs_before[b] == digest.buckets[b] and ours_before[b] == ours[b]}
-        if stuck:
-            log.info("repairing %d bucket(s) with %s", len(stuck), origin)
-            self._send_state(origin, stuck, send_back=stuck)
+    def _make_client(self) -> mqtt.Client:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"kvs-{self.cluster}-{self.node_id}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        client.will_set(self._topic("presence"), self._codec.presence(up=False), qos=1, retain=True)
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)  # no limit: writes are bounded by WRITE_WINDOW instead
+        client.on_connect = _guarded(self._paho_connect)
+        client.on_disconnect = _guarded(self._paho_disconnect)
+        client.on_subscribe = _guarded(self._paho_subscribe)
+        client.on_message = _guarded(self._paho_message)
+        client.on_publish = _guarded(self._paho_publish)
+        return client
 
-    # Catching up (event loop) ------------------------------------------------------
-
-    def _on_connected(self, reason: ReasonCode, session_present: bool) -> None:
+    def _paho_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if not self._connack.done():
             self._connack.set_result(reason)
         if reason.is_failure:
             log.error("the broker at %s refused the connection: %s", self.broker, reason)
             return
-        log.info("broker connected (%s%s)", self.broker, ", session resumed" if session_present else "")
-        self._client.subscribe(
+        log.info("broker connected (%s%s)", self.broker, ", session resumed" if flags.session_present else "")
+        self._run(self._sync.connected_to_broker(time.monotonic()))
+        prefix = self.cluster
+        client.subscribe(
             [
-                (self._topics.batch, SubscribeOptions(qos=1, noLocal=True)),
-                (self._topics.digest, SubscribeOptions(qos=1, noLocal=True)),
-                (self._topics.inbox(self.node_id), SubscribeOptions(qos=1)),
-                (self._topics.peers + "+", SubscribeOptions(qos=1)),
+                (f"{prefix}/batch", SubscribeOptions(qos=1, noLocal=True)),
+                (f"{prefix}/digest", SubscribeOptions(qos=1, noLocal=True)),
+                (self._topic(self.node_id), SubscribeOptions(qos=1)),
+                (f"{prefix}/peers/+", SubscribeOptions(qos=1)),
+                (UPTIME, SubscribeOptions(qos=0)),
             ]
         )
 
-    def _on_subscribed(self) -> None:
-        # The broker sends the retained presences of the peers after the SUBACK,
-        # so they all arrive before our own presence comes back to us.
-        self._send(self._topics.presence(self.node_id), self._codec.presence(), retain=True)
-
-    def _on_own_presence(self) -> None:
-        if self._awaiting is None:
-            self._awaiting = set(self._peers)  # those up when we subscribed
-            log.info("joining: %s", f"waiting for the state of {sorted(self._awaiting)}" if self._awaiting
-                     else "no peers are up")  # fmt: skip
-        self._send_digest(urgent=True)
-        self._check_caught_up()
-
-    def _on_transfer(self, origin: str, transfer: Transfer) -> None:
-        self._store.join(transfer.fragments)
-        self._progress = time.monotonic()
-        if transfer.last:
-            if self._awaiting is not None:
-                self._awaiting.discard(origin)
-            if transfer.send_back:
-                self._send_state(origin, transfer.send_back)
-            self._check_caught_up()
-
-    def _check_caught_up(self) -> None:
-        if not self.caught_up.is_set() and self._awaiting is not None and not self._awaiting:
-            self._set_caught_up()
-
-    def _set_caught_up(self) -> None:
-        log.info("caught up: %d keys, %.2f s after start", self._store.key_count(),
-                 time.monotonic() - self._started)  # fmt: skip
-        self.caught_up.set()
-
-    # Arrivals (event loop) ---------------------------------------------------------
-
-    def _on_message(self, message: Message) -> None:
-        body: Body = message.body
-        if isinstance(body, Batch):
-            self._store.join(body.fragments)
-            for watcher in self._watchers:
-                watcher(message.origin, body.fragments)
-        elif isinstance(body, Digest):
-            self._on_digest(message.origin, body)
-        elif isinstance(body, Transfer):
-            self._on_transfer(message.origin, body)
-        elif message.origin == self.node_id:
-            self._on_own_presence()
-        elif message.origin not in self._peers:
-            self._peers.add(message.origin)
-            log.info("peer %s seen", message.origin)
-
-    def _on_peer_left(self, peer: str) -> None:
-        if peer == self.node_id or peer not in self._peers:
-            return
-        self._peers.discard(peer)
-        self._peer_digests.pop(peer, None)
-        log.info("peer %s left", peer)
-        if self._awaiting is not None:
-            self._awaiting.discard(peer)
-            self._check_caught_up()
-
-    # paho's callbacks (on the event loop, see kvs.mqtt) -------------------------
-
-    def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"kvs-{self._topics.cluster}-{self.node_id}",
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        client.will_set(self._topics.presence(self.node_id), b"", qos=1, retain=True)
-        client.max_inflight_messages_set(1000)
-        client.max_queued_messages_set(MAX_QUEUED)
-        client.on_connect = _guarded(self._paho_connect)
-        client.on_disconnect = _guarded(self._paho_disconnect)
-        client.on_subscribe = _guarded(self._paho_subscribe)
-        client.on_message = _guarded(self._paho_message)
-        return client
-
-    def _paho_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
-                      reason: ReasonCode, properties: Properties | None) -> None:  # fmt: skip
-        self._on_connected(reason, flags.session_present)
-
-    def _paho_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
-                         reason: ReasonCode, properties: Properties | None) -> None:  # fmt: skip
+    def _paho_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._run(self._sync.disconnected(time.monotonic()))
         if not self._driver.stopping:
             log.warning("broker connection lost (%s); reconnecting", reason)
             self._driver.connection_lost()
 
-    def _paho_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
-                        reasons: list[ReasonCode], properties: Properties | None) -> None:  # fmt: skip
-        if any(reason.is_failure for reason in reasons):
+    def _paho_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        if any(reason.is_failure for reason in reasons[:4]):
             log.error("the broker refused a subscription: %s", reasons)
-        self._on_subscribed()
+        # The broker sends the retained presences after the SUBACK, so they all
+        # arrive before our own presence comes back to us.
+        self._run(self._sync.subscribed(time.monotonic()))
+
+    def _paho_publish(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._writes.discard(mid)
 
     def _paho_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        topic = message.topic
+        topic, now = message.topic, time.monotonic()
+        if topic == UPTIME:
+            seconds = bytes(message.payload).split(b" ")[0]
+            if seconds.isdigit():
+                self._run(self._sync.broker_uptime(int(seconds), now))
+            return
         try:
-            if topic.startswith(self._topics.peers) and not message.payload:
-                self._on_peer_left(topic.removeprefix(self._topics.peers))
-                return
             decoded = self._check(topic, self._codec.decode(bytes(message.payload)))
         except CodecError as error:
-            log.warning("dropped a message on %s: %s", topic, error)
+            self._drops.drop(str(error).split(" (")[0], f"on {topic}: {error}")
             return
-        if message.retain and decoded.origin == self.node_id:
-            return  # our presence from before a reconnection (or a previous run), not the echo we wait for
-        self._on_message(decoded)
+        if decoded.origin == self.node_id:
+            # A retained one is from before a reconnection, or a previous run.
+            if not message.retain and decoded.body == Presence(up=True):
+                self._run(self._sync.own_presence(now, self._store.digest()))
+            return
+        self._run(self._sync.message(decoded, now, self._store.digest()))
 
     def _check(self, topic: str, message: Message) -> Message:
         """The message, if it is the kind its topic carries and comes from where it says."""
-        expected: type[Body]
-        if topic == self._topics.batch:
-            expected = Batch
-        elif topic == self._topics.digest:
-            expected = Digest
-        elif topic == self._topics.inbox(self.node_id):
-            expected = Transfer
+        prefix = self.cluster
+        expected: tuple[type, ...]
+        if topic == f"{prefix}/batch":
+            expected = (Batch,)
+        elif topic == f"{prefix}/digest":
+            expected = (Digest,)
+        elif topic == self._topic(self.node_id):
+            expected = (Transfer, Digest)
         else:
-            expected = Presence
-            if topic != self._topics.presence(message.origin):
+            expected = (Presence,)
+            if topic != f"{prefix}/peers/{message.origin}":
                 raise CodecError(f"presence of {message.origin!r} on another server's topic")
         if not isinstance(message.body, expected):
-            raise CodecError(f"a {type(message.body).__name__} where a {expected.__name__} belongs")
-        if message.origin == self.node_id and expected is not Presence:
+            raise CodecError(f"a {type(message.body).__name__} on {topic}")
+        if message.origin == self.node_id and not isinstance(message.body, Presence):
             raise CodecError("claims to come from this server")
         return message

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import logging
 import os
 import signal
@@ -119,25 +120,38 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(signum, stopping.set)
 
     store = Store(now_ms)
+    embedded = None
+    if settings.broker_is_default and settings.broker.local:
+        embedded = EmbeddedBroker(settings.broker.port)
+        try:
+            await asyncio.to_thread(embedded.acquire)
+        except OSError as error:
+            print(f"{BROKER_ERROR} ({settings.broker}: {error})", file=sys.stderr)
+            return 1
+    key = hashlib.sha256(settings.cluster.encode()).digest()  # TEMP until kvs.keys lands
+    fresh = bool(embedded and embedded.fresh)
     replicator = Replicator(
-        store, settings.cluster, settings.node_id, settings.broker, settings.sync_interval
+        store,
+        settings.cluster,
+        settings.node_id,
+        settings.broker,
+        key,
+        sync_interval=settings.sync_interval,
+        fresh=fresh,
     )
     server = Server(store, replicator.publish, f"{settings.listen}:{settings.port}", Admin(store, replicator))
     try:
         port = await server.start()
     except RuntimeError as error:
         log.error("cannot listen on %s:%s (%s): is the port in use?", settings.listen, settings.port, error)
+        if embedded:
+            await asyncio.to_thread(embedded.release)
         return 1
     log.info(
         "listening on %s:%d as %s in cluster %s", settings.listen, port, settings.node_id, settings.cluster
     )
 
-    embedded = None
-    if settings.broker_is_default and settings.broker.local:
-        embedded = EmbeddedBroker(settings.broker.port)
     try:
-        if embedded:
-            await asyncio.to_thread(embedded.acquire)
         await replicator.start()
     except (BrokerUnreachable, OSError) as error:
         print(f"{BROKER_ERROR} ({settings.broker}: {error})", file=sys.stderr)
@@ -177,10 +191,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         "--id", dest="node_id", help="this server's id, unique in the cluster (<hostname>:<porta>)"
     )
     parser.add_argument("--listen", default="[::]", help="address to listen on ([::]: every interface)")
-    parser.add_argument("--sync-interval", type=float, default=5.0,
-                        help="seconds between anti-entropy rounds (5)")  # fmt: skip
-    parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
-                        help="uvloop (faster, docs/performance.md) or asyncio's own")  # fmt: skip
+    parser.add_argument(
+        "--sync-interval", type=float, default=5.0, help="seconds between anti-entropy rounds (5)"
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="uvloop (faster, docs/performance.md) or asyncio's own",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--porta must be between 0 and 65535, not {args.port}")

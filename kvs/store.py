@@ -53,8 +53,9 @@ Clock: TypeAlias = Callable[[], Version]
 """Returns the current time in milliseconds."""
 
 INT64_MAX: Final = 2**63 - 1
-MAX_VERSION: Final = INT64_MAX - 1
-"""The largest version a key can hold, so that a deletion floor above it still fits."""
+MAX_VERSION: Final = 253_402_300_799_999
+"""The largest version a key can hold: the last millisecond of year 9999 (SPEC section 5).
+Anything above it in a request or a message is refused, so no key can be blocked for ever."""
 BUCKETS: Final = 256
 """Digest granularity: a difference between replicas is repaired bucket by bucket."""
 

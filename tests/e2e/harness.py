@@ -3,6 +3,7 @@ stopping by PID, and the logs of whatever failed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -102,7 +103,7 @@ class Mosquitto(Process):
         self.port = port or free_port()
         config = log_dir / f"mosquitto-{self.port}.conf"
         config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nsys_interval 1\n"
             "max_queued_messages 100000\npersistence false\n"
         )
         super().__init__(f"mosquitto-{self.port}", [mosquitto_binary(), "-c", str(config)], log_dir)
@@ -225,6 +226,12 @@ def converged(servers: Sequence[KvsServer], timeout: float = 30.0) -> list[repli
     for server, dump in zip(servers[1:], dumps[1:], strict=True):
         assert dump == dumps[0], f"{server.name} differs from {servers[0].name}"
     return dumps[0]
+
+
+def cluster_key(processes: object) -> bytes:
+    """The cluster key the test's servers use (a member's; tests forge with others)."""
+    cluster: str = processes.cluster  # type: ignore[attr-defined]
+    return hashlib.sha256(cluster.encode()).digest()  # TEMP: until kvs.keys lands
 
 
 def run_admin(*args: str) -> subprocess.CompletedProcess[str]:

@@ -2,34 +2,64 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kvs._gen import replication_pb2 as pb
-from kvs.codec import CHUNK, FORMAT, MAX_PAYLOAD, Batch, Codec, Digest, Message, Presence, Transfer
+from kvs.codec import CHUNK, FORMAT, MAX_PAYLOAD, TAG, Batch, Codec, Digest, Presence, Transfer
 from kvs.errors import CodecError
 from kvs.store import BUCKETS, MAX_VERSION, Fragment, Store
 
-codec = Codec("kvs", "s1")
-other = Codec("kvs", "s2")
+KEY = b"k" * 32
+codec = Codec("kvs", "s1", KEY, epoch=77, clock=lambda: 1234)
+other = Codec("kvs", "s2", KEY, epoch=88)
 
 
-def test_a_batch_round_trips_in_order() -> None:
+def test_a_batch_round_trips_in_order_with_its_number_epoch_counter_and_send_time() -> None:
     fragments = (Fragment("a", 0, ((5, "x"),)), Fragment("b", 9), Fragment("ação", 3, ((3, ""), (4, "🙂"))))
-    [payload] = list(codec.batches(fragments))
-    assert other.decode(payload) == Message("s1", Batch(fragments))
+    [payload] = list(codec.batches(fragments, seqs=lambda: 41))
+    message = other.decode(payload)
+    assert (message.origin, message.body) == ("s1", Batch(fragments, seq=41))
+    assert (message.epoch, message.sent_ms) == (77, 1234)
+
+
+def test_every_message_carries_a_larger_counter() -> None:
+    counters = [other.decode(codec.presence()).counter for _ in range(3)]
+    assert counters == sorted(set(counters))
 
 
 def test_a_digest_and_a_presence_round_trip() -> None:
     buckets = tuple(range(2**64 - BUCKETS, 2**64))
-    assert other.decode(codec.digest(buckets, urgent=True)) == Message("s1", Digest(buckets, urgent=True))
-    assert other.decode(codec.presence()) == Message("s1", Presence())
+    assert other.decode(codec.digest(buckets, request=3, batch_seq=9)).body == Digest(buckets, 3, 9)
+    assert other.decode(codec.presence()).body == Presence()
+    assert other.decode(codec.presence(up=False)).body == Presence(up=False)
 
 
 def test_an_empty_transfer_is_one_last_message() -> None:
-    [payload] = list(codec.transfer([], send_back=[3, 1]))
-    assert other.decode(payload) == Message("s1", Transfer((), last=True, send_back=frozenset({1, 3})))
+    [payload] = list(codec.transfer([], send_back=[3, 1], answers=5))
+    body = other.decode(payload).body
+    assert isinstance(body, Transfer)
+    assert (body.fragments, body.last, body.send_back, body.parts, body.answers) == (
+        (),
+        True,
+        frozenset({1, 3}),
+        1,
+        5,
+    )
+
+
+def test_a_payload_signed_with_another_key_or_altered_is_refused_before_it_is_parsed() -> None:
+    payload = codec.presence()
+    with pytest.raises(CodecError, match="bad authentication tag"):
+        Codec("kvs", "s2", b"x" * 32).decode(payload)
+    flipped = bytearray(payload)
+    flipped[-1] ^= 1
+    with pytest.raises(CodecError, match="bad authentication tag"):
+        other.decode(bytes(flipped))
 
 
 def test_a_large_transfer_is_split_and_only_the_final_message_is_last() -> None:
@@ -41,6 +71,9 @@ def test_a_large_transfer_is_split_and_only_the_final_message_is_last() -> None:
     assert all(isinstance(body, Transfer) for body in decoded)
     transfers = [body for body in decoded if isinstance(body, Transfer)]
     assert [t.last for t in transfers] == [False] * (len(transfers) - 1) + [True]
+    assert [t.part for t in transfers] == list(range(len(transfers)))
+    assert len({t.id for t in transfers}) == 1
+    assert transfers[-1].parts == len(transfers)
     assert [t.send_back for t in transfers][-1] == frozenset({7})
     assert [f for t in transfers for f in t.fragments] == fragments
 
@@ -58,35 +91,45 @@ def test_a_key_too_big_for_one_message_travels_in_pieces_that_join_to_the_same_s
 
 
 def envelope(**fields: object) -> pb.Envelope:
-    message = pb.Envelope(format=FORMAT, cluster="kvs", origin="s2")
+    message = pb.Envelope(cluster="kvs", origin="s2", epoch=1, counter=1)
     for name, value in fields.items():
         setattr(message, name, value)
     return message
 
 
+def sealed(message: pb.Envelope | bytes, fmt: int = FORMAT) -> bytes:
+    """A payload with a valid tag around `message` (a well-formed forgery needs the key)."""
+    body = message if isinstance(message, bytes) else message.SerializeToString()
+    return bytes((fmt,)) + hmac.digest(KEY, body, hashlib.sha256) + body
+
+
 def with_fragment(**fields: object) -> bytes:
     message = envelope()
     message.batch.fragments.add(**fields)
-    return message.SerializeToString()
+    return sealed(message)
 
 
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
         (b"", "empty payload"),
-        (b"\xff" * 10, "not a kvs message"),
+        (b"\x02" + b"\xff" * 10, "bad authentication tag"),
+        (b"\x02" + b"\xff" * (TAG + 10), "bad authentication tag"),
+        (sealed(b"\xff" * 10), "not a kvs message"),
         (b"x" * (MAX_PAYLOAD + 1), "over the"),
-        (envelope(format=2).SerializeToString(), "unknown payload format 2"),
-        (envelope(format=0).SerializeToString(), "unknown payload format 0"),
-        (envelope(cluster="other").SerializeToString(), "for cluster 'other'"),
-        (envelope(origin="").SerializeToString(), "without an origin"),
-        (envelope().SerializeToString(), "without a body"),
+        (sealed(envelope(), fmt=1), "unknown payload format 1"),
+        (sealed(envelope(), fmt=3), "unknown payload format 3"),
+        (sealed(envelope(cluster="other")), "for cluster 'other'"),
+        (sealed(envelope(origin="")), "without an origin"),
+        (sealed(envelope(counter=0)), "without an epoch and counter"),
+        (sealed(envelope()), "without a body"),
         (with_fragment(key=""), "empty key"),
         (with_fragment(key="k", versions=[1, 2], values=["a"]), "2 versions for 1 values"),
         (with_fragment(key="k", versions=[0], values=["a"]), "out of range"),
         (with_fragment(key="k", versions=[-4], values=["a"]), "out of range"),
         (with_fragment(key="k", versions=[MAX_VERSION + 1], values=["a"]), "out of range"),
         (with_fragment(key="k", floor=-1), "out of range"),
+        (with_fragment(key="k", floor=MAX_VERSION + 2), "out of range"),
     ],
 )
 def test_malformed_payloads_are_refused_with_a_reason(payload: bytes, reason: str) -> None:
@@ -98,20 +141,21 @@ def test_a_digest_of_the_wrong_size_is_refused() -> None:
     message = envelope()
     message.digest.buckets.extend([1, 2, 3])
     with pytest.raises(CodecError, match="3 buckets"):
-        codec.decode(message.SerializeToString())
+        codec.decode(sealed(message))
 
 
 def test_a_transfer_asking_for_a_bucket_that_does_not_exist_is_refused() -> None:
     message = envelope()
     message.transfer.send_back.append(BUCKETS)
     with pytest.raises(CodecError, match="bucket beyond"):
-        codec.decode(message.SerializeToString())
+        codec.decode(sealed(message))
 
 
 @given(st.binary(max_size=512))
 def test_any_bytes_decode_to_a_message_or_a_codec_error(payload: bytes) -> None:
-    try:
-        message = codec.decode(payload)
-    except CodecError:
-        return
-    assert isinstance(message, Message)
+    for candidate in (payload, sealed(payload)):
+        try:
+            message = codec.decode(candidate)
+        except CodecError:
+            continue
+        assert message.origin

@@ -1,0 +1,386 @@
+"""The replication decisions of one server, with no IO: membership, joining,
+lost-batch detection, digest comparison, and which state to send to whom.
+
+Like h11's `Connection`, `Sync` is fed what happened (a decoded message, the
+broker connection coming or going, the clock ticking) with the current time
+and this server's digest, and returns `Action`s for the adapter to carry out
+(kvs/replication.py): publish this, send that state, apply those fragments,
+start serving. It never reads a clock, a socket or a random number, so the
+rules below are tested in microseconds, and a simulated broker that drops,
+duplicates, reorders and restarts checks them over thousands of schedules
+(tests/unit/test_sync_simulation.py). docs/replication.md walks through an
+example.
+
+The rules:
+
+- **Only members count.** Messages reach the core only once the codec has
+  checked their tag. Each peer's (epoch, counter) pairs are remembered in a
+  sliding window, so a replayed message is dropped; a peer that leaves (or is
+  silent for FORGET_ROUNDS intervals) is forgotten, keeping state bounded.
+- **Joining.** A server serves once every peer it saw present has answered its
+  request with a complete transfer, and not before the broker has been up for
+  SETTLE seconds: a broker that restarted lost its retained presences, and
+  the peers need that long to reconnect and publish them again.
+- **Lost batches.** Batches carry a per-epoch sequence number, and digests the
+  last one sent. A receiver that sees a number skipped asks that peer for the
+  buckets that differ, at once, whatever the write load (guarantee 6).
+- **Everything else** that diverges (a lost transfer, say) is found by
+  periodic digests: a bucket that differs the same way in two digests in a
+  row is repaired by the peer with the smaller id, both ways.
+- **Bounded answers.** At most one transfer to a peer is in flight; a request
+  that arrives meanwhile is answered when it is done.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from kvs.codec import Batch, Body, Digest, Message, Presence, Transfer
+from kvs.store import BUCKETS, Fragment
+
+SETTLE: Final = 4.0
+"""Seconds a broker must have been up before its retained presences are trusted to be complete;
+longer than the longest reconnection backoff (kvs.mqtt.BACKOFF)."""
+HEARTBEAT_ROUNDS: Final = 12
+"""An unchanged digest still goes out once in this many sync intervals."""
+FORGET_ROUNDS: Final = 3 * HEARTBEAT_ROUNDS
+"""A peer heard from not once in this many sync intervals is forgotten."""
+WINDOW: Final = 1024
+"""Counters below a peer's highest by less than this are checked one by one for replays."""
+DEPARTED: Final = 1024
+"""Epochs of peers that left, remembered so that their old messages are not taken for new ones."""
+
+Digests = tuple[int, ...]
+Route = Literal["digest", "presence"] | str
+"""Where a message goes: the digest topic, this server's presence topic, or a peer's inbox (its id)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    route: Route
+    body: Body
+    retain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SendState:
+    """Send `peer` this server's state of `buckets` (None: all), then call `Sync.sent(peer)`."""
+
+    peer: str
+    buckets: frozenset[int] | None
+    send_back: frozenset[int] = frozenset()
+    answers: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Apply:
+    """Join these fragments into the store (`batch`: they came in a Batch, for watchers)."""
+
+    origin: str
+    fragments: tuple[Fragment, ...]
+    batch: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Serve:
+    """This server holds its peers' state: report SERVING."""
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Something worth a log line; `drop` names the reason when a message was dropped."""
+
+    text: str
+    drop: str = ""
+
+
+Action = Publish | SendState | Apply | Serve | Note
+
+
+@dataclass
+class Peer:
+    epoch: int
+    high: int = 0  # the highest counter seen in this epoch
+    seen: int = 0  # bit i: counter high - 1 - i was seen
+    heard: float = 0.0  # when the last message came
+    present: bool = False
+    next_batch: int = 0  # the batch seq expected next (0: unknown yet)
+    asked: int = 0  # our request it has not fully answered yet (0: none)
+    asked_at: float = 0.0
+    again: bool = False  # something went missing after the outstanding request was answered
+    incoming: tuple[int, int] = (0, 0)  # the transfer id being received, and parts received
+    sending: bool = False  # a transfer to it is in flight
+    pending: Digest | None = None  # a request that came while sending
+    digests: tuple[Digests, Digests] | None = None  # its last periodic digest, and ours then
+
+
+@dataclass
+class Sync:
+    """The replication state machine of server `node_id` (see the module's rules)."""
+
+    node_id: str
+    interval: float = 5.0
+    fresh: bool = False  # this server started the broker and nobody else uses it: nobody to wait for
+    settle: float = SETTLE
+    peers: dict[str, Peer] = field(default_factory=dict)
+    serving: bool = False
+    connected: bool = False
+    batch_seq: int = 0
+    last_repair: float | None = None
+    _departed: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    _echoed: bool = False  # our presence came back since the last connection
+    _presence_at: float = 0.0
+    _awaiting: set[str] | None = None  # while joining: peers whose answer we wait for
+    _broker_since: float | None = None  # when the broker started, as far as we know
+    _requests: int = 0
+    _published: Digests | None = None
+    _quiet: int = 0
+
+    @property
+    def retry(self) -> float:
+        """Seconds after which an unanswered request is asked again."""
+        return 2 * self.interval
+
+    def next_batch_seq(self) -> int:
+        self.batch_seq += 1
+        return self.batch_seq
+
+    # The broker connection -------------------------------------------------------
+
+    def connected_to_broker(self, now: float) -> list[Action]:
+        self.connected, self._echoed = True, False
+        if self._broker_since is None:
+            self._broker_since = now  # until the broker says otherwise
+        return []
+
+    def disconnected(self, now: float) -> list[Action]:
+        self.connected = False
+        return []
+
+    def broker_uptime(self, seconds: float, now: float) -> list[Action]:
+        """The broker's `$SYS/broker/uptime`: retained presences are complete SETTLE s after its start."""
+        self._broker_since = now - seconds
+        return []
+
+    def subscribed(self, now: float) -> list[Action]:
+        self._presence_at = now
+        return [Publish("presence", Presence(), retain=True)]
+
+    def own_presence(self, now: float, ours: Digests) -> list[Action]:
+        """Our presence came back: every retained presence arrived before it, so we know who is up."""
+        if self._echoed:
+            return []
+        self._echoed = True
+        actions: list[Action] = []
+        present = sorted(p for p, peer in self.peers.items() if peer.present)
+        if not self.serving and self._awaiting is None:
+            self._awaiting = set(present)
+            actions.append(Note(f"joining: waiting for the state of {present}" if present else "joining"))
+        # Ask every peer for what we miss (after a reconnection: what the broker lost meanwhile).
+        request = self._new_request()
+        for name in present:
+            self.peers[name].asked, self.peers[name].asked_at = request, now
+        actions.append(Publish("digest", Digest(ours, request, self.batch_seq)))
+        return actions + self._check_serving(now)
+
+    # Messages ------------------------------------------------------------------------
+
+    def message(self, message: Message, now: float, ours: Digests) -> list[Action]:
+        """A message from another server, already authenticated by the codec."""
+        origin, body = message.origin, message.body
+        if isinstance(body, Presence):
+            known = self.peers.get(origin)
+            if not body.up:
+                return self._left(message, now)
+            if known is not None and known.epoch == message.epoch:
+                return self._present(origin, now, ours)  # retained: comes again on every subscription
+        peer = self._admit(message, now)
+        if peer is None:
+            return [Note(f"dropped a replayed message from {origin}", drop="replayed")]
+        if isinstance(body, Batch):
+            return [Apply(origin, body.fragments, batch=True), *self._batch_seen(origin, body.seq, now, ours)]
+        if isinstance(body, Digest):
+            return self._digest(origin, body, now, ours)
+        if isinstance(body, Transfer):
+            return self._transfer(origin, body, now, ours)
+        return self._present(origin, now, ours)
+
+    def _admit(self, message: Message, now: float) -> Peer | None:
+        """The sender's state, unless the message is a replay (then None)."""
+        peer = self.peers.get(message.origin)
+        if peer is None or message.epoch > peer.epoch:
+            if message.epoch < self._departed.get(message.origin, 0):
+                return None  # an earlier run of a server that left
+            present = peer is not None and peer.present  # a restart: still present
+            peer = self.peers[message.origin] = Peer(message.epoch, present=present)
+        elif message.epoch < peer.epoch:
+            return None
+        counter = message.counter
+        if counter > peer.high:
+            shift = counter - peer.high
+            peer.seen = ((peer.seen << shift) | (1 << (shift - 1))) & ((1 << WINDOW) - 1) if peer.high else 0
+            peer.high = counter
+        else:
+            bit = peer.high - 1 - counter
+            if bit >= WINDOW or counter == peer.high or peer.seen >> bit & 1:
+                return None
+            peer.seen |= 1 << bit
+        peer.heard = now
+        return peer
+
+    def _present(self, origin: str, now: float, ours: Digests) -> list[Action]:
+        peer = self.peers[origin]
+        if peer.present:
+            return []
+        peer.present = True
+        actions: list[Action] = [Note(f"peer {origin} seen")]
+        if self._awaiting is not None and not self.serving and self._echoed:
+            self._awaiting.add(origin)  # up, but its presence came after ours: wait for it too
+            actions += self._ask(origin, now, ours)
+        return actions
+
+    def _left(self, message: Message, now: float) -> list[Action]:
+        peer = self.peers.get(message.origin)
+        if peer is None or message.epoch < peer.epoch or not peer.present:
+            return []  # never seen, an earlier run's goodbye, or said already
+        # Its record stays until it is silent long enough to forget (tick): a server cut off
+        # from the broker comes back with the same epoch and counters that go on.
+        peer.present, peer.asked, peer.digests = False, 0, None
+        self._departed[message.origin] = message.epoch
+        while len(self._departed) > DEPARTED:
+            self._departed.popitem(last=False)
+        if self._awaiting is not None:
+            self._awaiting.discard(message.origin)
+        return [Note(f"peer {message.origin} left"), *self._check_serving(now)]
+
+    def _batch_seen(self, origin: str, seq: int, now: float, ours: Digests) -> list[Action]:
+        """Asks `origin` for the differences when a batch number was skipped."""
+        peer = self.peers[origin]
+        skipped = peer.next_batch and seq > peer.next_batch
+        peer.next_batch = max(peer.next_batch, seq + 1)
+        if skipped:
+            return [
+                Note(f"a batch from {origin} was lost: asking it for the differences"),
+                *self._ask(origin, now, ours),
+            ]
+        return []
+
+    def _digest(self, origin: str, digest: Digest, now: float, ours: Digests) -> list[Action]:
+        peer = self.peers[origin]
+        actions: list[Action] = []
+        if digest.batch_seq:
+            actions += self._batch_seen(origin, digest.batch_seq, now, ours)
+        differing = frozenset(b for b in range(BUCKETS) if ours[b] != digest.buckets[b])
+        if digest.request:
+            if peer.sending:
+                peer.pending = digest  # answered when the transfer in flight is done
+                return actions
+            peer.sending = True
+            return [*actions, SendState(origin, differing, answers=digest.request)]
+        previous, peer.digests = peer.digests, (digest.buckets, ours)
+        if not differing or previous is None or self.node_id > origin or peer.sending:
+            return actions  # nothing to do, too early to tell, or the peer with the smaller id repairs
+        # Under writes digests differ because of messages in flight; a bucket that differs
+        # the same way twice in a row is one the messages missed.
+        theirs_before, ours_before = previous
+        stuck = frozenset(
+            b for b in differing if theirs_before[b] == digest.buckets[b] and ours_before[b] == ours[b]
+        )
+        if not stuck:
+            return actions
+        peer.sending, self.last_repair = True, now
+        return [
+            *actions,
+            Note(f"repairing {len(stuck)} bucket(s) with {origin}"),
+            SendState(origin, stuck, send_back=stuck),
+        ]
+
+    def _transfer(self, origin: str, transfer: Transfer, now: float, ours: Digests) -> list[Action]:
+        peer = self.peers[origin]
+        actions: list[Action] = [Apply(origin, transfer.fragments)]
+        transfer_id, parts = peer.incoming
+        peer.incoming = (transfer.id, parts + 1 if transfer_id == transfer.id else 1)
+        if not transfer.last:
+            return actions
+        complete = peer.incoming[1] == transfer.parts
+        peer.incoming = (0, 0)
+        if transfer.answers and transfer.answers == peer.asked:
+            peer.asked = 0
+            if not complete or peer.again:  # a part was lost, or a batch since the request
+                peer.again = False
+                actions += self._ask(origin, now, ours)
+        if complete and transfer.send_back and not peer.sending:
+            peer.sending, self.last_repair = True, now
+            actions.append(SendState(origin, transfer.send_back))
+        return actions + self._check_serving(now)
+
+    def sent(self, peer_name: str, now: float, ours: Digests) -> list[Action]:
+        """The adapter finished sending a transfer to `peer_name`."""
+        peer = self.peers.get(peer_name)
+        if peer is None:
+            return []
+        peer.sending = False
+        pending, peer.pending = peer.pending, None
+        if pending is None:
+            return []
+        differing = frozenset(b for b in range(BUCKETS) if ours[b] != pending.buckets[b])
+        peer.sending = True
+        return [SendState(peer_name, differing, answers=pending.request)]
+
+    # Time ---------------------------------------------------------------------------
+
+    def tick(self, now: float, ours: Digests) -> list[Action]:
+        """Called every sync interval (with jitter)."""
+        actions = self._check_serving(now)
+        for name, peer in list(self.peers.items()):
+            if now - peer.heard > FORGET_ROUNDS * self.interval:
+                del self.peers[name]
+                actions.append(Note(f"peer {name} forgotten: silent for {now - peer.heard:.0f} s"))
+                if self._awaiting is not None:
+                    self._awaiting.discard(name)
+        if not self.connected:
+            return actions
+        if not self._echoed and now - self._presence_at > self.retry:
+            actions += self.subscribed(now)  # our presence was lost: say it again
+        for name, peer in self.peers.items():
+            if peer.asked and now - peer.asked_at > self.retry:
+                peer.asked = 0
+                actions += self._ask(name, now, ours)
+        differ = any(p.digests and p.digests[0] != ours for p in self.peers.values())
+        self._quiet += 1
+        # An idle, converged cluster says almost nothing: one digest per heartbeat.
+        if ours != self._published or differ or self._quiet >= HEARTBEAT_ROUNDS:
+            self._published, self._quiet = ours, 0
+            actions.append(Publish("digest", Digest(ours, 0, self.batch_seq)))
+        return actions
+
+    def poll(self, now: float) -> list[Action]:
+        """While joining, call often: serving may begin as soon as the broker has settled."""
+        return self._check_serving(now)
+
+    # Internals ----------------------------------------------------------------------
+
+    def _new_request(self) -> int:
+        self._requests += 1
+        return self._requests
+
+    def _ask(self, origin: str, now: float, ours: Digests) -> list[Action]:
+        """Asks one peer for the buckets that differ, unless a request to it is outstanding."""
+        peer = self.peers[origin]
+        if peer.asked or not self.connected:
+            peer.again = peer.again or bool(peer.asked)
+            return []
+        peer.asked, peer.asked_at = self._new_request(), now
+        return [Publish(origin, Digest(ours, peer.asked, self.batch_seq))]
+
+    def _check_serving(self, now: float) -> list[Action]:
+        if self.serving or self._awaiting is None or not self._echoed:
+            return []
+        settled = self.fresh or (self._broker_since is not None and now >= self._broker_since + self.settle)
+        waiting = [p for p in self._awaiting if p in self.peers and self.peers[p].asked]
+        if not settled or waiting:
+            return []
+        self.serving = True
+        return [Serve()]
