@@ -34,12 +34,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from kvs.actions import Action, Apply, Publish, SendState, Serve
 from kvs.broker import Address
 from kvs.codec import Batch, Codec, Digest, Message, Presence, Transfer
 from kvs.errors import BrokerUnreachable, CodecError
 from kvs.mqtt import LoopDriver
 from kvs.store import Fragment, Store
-from kvs.sync import Action, Apply, Publish, SendState, Serve, Sync
+from kvs.sync import Sync
 
 log = logging.getLogger("kvs.replication")
 
@@ -368,6 +369,8 @@ class Replicator:
             decoded = self._check(topic, self._codec.decode(bytes(message.payload)))
         except CodecError as error:
             self._drops.drop(str(error).split(" (")[0], f"on {topic}: {error}")
+            if topic == self._topic("presence"):
+                self._run(self._sync.presence_overwritten(now))
             return
         if decoded.origin == self.node_id:
             # A retained one is from before a reconnection, or a previous run.

@@ -33,12 +33,13 @@ The rules:
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final
 
-from kvs.codec import Batch, Body, Digest, Message, Presence, Transfer
-from kvs.store import BUCKETS, Fragment
+from kvs.actions import Action, Apply, Note, Publish, SendState, Serve
+from kvs.codec import Batch, Digest, Message, Presence, Transfer
+from kvs.peers import Digests, Peers
+from kvs.store import BUCKETS
 
 SETTLE: Final = 4.0
 """Seconds a broker must have been up before its retained presences are trusted to be complete;
@@ -47,73 +48,6 @@ HEARTBEAT_ROUNDS: Final = 12
 """An unchanged digest still goes out once in this many sync intervals."""
 FORGET_ROUNDS: Final = 3 * HEARTBEAT_ROUNDS
 """A peer heard from not once in this many sync intervals is forgotten."""
-WINDOW: Final = 1024
-"""Counters below a peer's highest by less than this are checked one by one for replays."""
-DEPARTED: Final = 1024
-"""Epochs of peers that left, remembered so that their old messages are not taken for new ones."""
-
-Digests = tuple[int, ...]
-Route = Literal["digest", "presence"] | str
-"""Where a message goes: the digest topic, this server's presence topic, or a peer's inbox (its id)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Publish:
-    route: Route
-    body: Body
-    retain: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class SendState:
-    """Send `peer` this server's state of `buckets` (None: all), then call `Sync.sent(peer)`."""
-
-    peer: str
-    buckets: frozenset[int] | None
-    send_back: frozenset[int] = frozenset()
-    answers: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Apply:
-    """Join these fragments into the store (`batch`: they came in a Batch, for watchers)."""
-
-    origin: str
-    fragments: tuple[Fragment, ...]
-    batch: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Serve:
-    """This server holds its peers' state: report SERVING."""
-
-
-@dataclass(frozen=True, slots=True)
-class Note:
-    """Something worth a log line; `drop` names the reason when a message was dropped."""
-
-    text: str
-    drop: str = ""
-
-
-Action = Publish | SendState | Apply | Serve | Note
-
-
-@dataclass
-class Peer:
-    epoch: int
-    high: int = 0  # the highest counter seen in this epoch
-    seen: int = 0  # bit i: counter high - 1 - i was seen
-    heard: float = 0.0  # when the last message came
-    present: bool = False
-    next_batch: int = 0  # the batch seq expected next (0: unknown yet)
-    asked: int = 0  # our request it has not fully answered yet (0: none)
-    asked_at: float = 0.0
-    again: bool = False  # something went missing after the outstanding request was answered
-    incoming: tuple[int, int] = (0, 0)  # the transfer id being received, and parts received
-    sending: bool = False  # a transfer to it is in flight
-    pending: Digest | None = None  # a request that came while sending
-    digests: tuple[Digests, Digests] | None = None  # its last periodic digest, and ours then
 
 
 @dataclass
@@ -124,12 +58,11 @@ class Sync:
     interval: float = 5.0
     fresh: bool = False  # this server started the broker and nobody else uses it: nobody to wait for
     settle: float = SETTLE
-    peers: dict[str, Peer] = field(default_factory=dict)
+    peers: Peers = field(default_factory=Peers)
     serving: bool = False
     connected: bool = False
     batch_seq: int = 0
     last_repair: float | None = None
-    _departed: OrderedDict[str, int] = field(default_factory=OrderedDict)
     _echoed: bool = False  # our presence came back since the last connection
     _presence_at: float = 0.0
     _awaiting: set[str] | None = None  # while joining: peers whose answer we wait for
@@ -168,13 +101,17 @@ class Sync:
         self._presence_at = now
         return [Publish("presence", Presence(), retain=True)]
 
+    def presence_overwritten(self, now: float) -> list[Action]:
+        """Something not ours replaced our retained presence: say it again (at most once a second)."""
+        return self.subscribed(now) if self.connected and now - self._presence_at >= 1.0 else []
+
     def own_presence(self, now: float, ours: Digests) -> list[Action]:
         """Our presence came back: every retained presence arrived before it, so we know who is up."""
         if self._echoed:
             return []
         self._echoed = True
         actions: list[Action] = []
-        present = sorted(p for p, peer in self.peers.items() if peer.present)
+        present = self.peers.present()
         if not self.serving and self._awaiting is None:
             self._awaiting = set(present)
             actions.append(Note(f"joining: waiting for the state of {present}" if present else "joining"))
@@ -196,7 +133,7 @@ class Sync:
                 return self._left(message, now)
             if known is not None and known.epoch == message.epoch:
                 return self._present(origin, now, ours)  # retained: comes again on every subscription
-        peer = self._admit(message, now)
+        peer = self.peers.admit(message, now)
         if peer is None:
             return [Note(f"dropped a replayed message from {origin}", drop="replayed")]
         if isinstance(body, Batch):
@@ -206,29 +143,6 @@ class Sync:
         if isinstance(body, Transfer):
             return self._transfer(origin, body, now, ours)
         return self._present(origin, now, ours)
-
-    def _admit(self, message: Message, now: float) -> Peer | None:
-        """The sender's state, unless the message is a replay (then None)."""
-        peer = self.peers.get(message.origin)
-        if peer is None or message.epoch > peer.epoch:
-            if message.epoch < self._departed.get(message.origin, 0):
-                return None  # an earlier run of a server that left
-            present = peer is not None and peer.present  # a restart: still present
-            peer = self.peers[message.origin] = Peer(message.epoch, present=present)
-        elif message.epoch < peer.epoch:
-            return None
-        counter = message.counter
-        if counter > peer.high:
-            shift = counter - peer.high
-            peer.seen = ((peer.seen << shift) | (1 << (shift - 1))) & ((1 << WINDOW) - 1) if peer.high else 0
-            peer.high = counter
-        else:
-            bit = peer.high - 1 - counter
-            if bit >= WINDOW or counter == peer.high or peer.seen >> bit & 1:
-                return None
-            peer.seen |= 1 << bit
-        peer.heard = now
-        return peer
 
     def _present(self, origin: str, now: float, ours: Digests) -> list[Action]:
         peer = self.peers[origin]
@@ -242,24 +156,21 @@ class Sync:
         return actions
 
     def _left(self, message: Message, now: float) -> list[Action]:
-        peer = self.peers.get(message.origin)
-        if peer is None or message.epoch < peer.epoch or not peer.present:
-            return []  # never seen, an earlier run's goodbye, or said already
-        # Its record stays until it is silent long enough to forget (tick): a server cut off
-        # from the broker comes back with the same epoch and counters that go on.
-        peer.present, peer.asked, peer.digests = False, 0, None
-        self._departed[message.origin] = message.epoch
-        while len(self._departed) > DEPARTED:
-            self._departed.popitem(last=False)
+        if not self.peers.left(message.origin, message.epoch):
+            return []
         if self._awaiting is not None:
             self._awaiting.discard(message.origin)
         return [Note(f"peer {message.origin} left"), *self._check_serving(now)]
 
-    def _batch_seen(self, origin: str, seq: int, now: float, ours: Digests) -> list[Action]:
-        """Asks `origin` for the differences when a batch number was skipped."""
+    def _batch_seen(
+        self, origin: str, seq: int, now: float, ours: Digests, received: bool = True
+    ) -> list[Action]:
+        """Batch `seq` of `origin` arrived (or, not `received`, was its last one): asks it for the
+        differences when a number was skipped."""
         peer = self.peers[origin]
-        skipped = peer.next_batch and seq > peer.next_batch
-        peer.next_batch = max(peer.next_batch, seq + 1)
+        expected = peer.next_batch
+        skipped = expected and (seq > expected if received else seq >= expected)
+        peer.next_batch = max(expected, seq + 1)
         if skipped:
             return [
                 Note(f"a batch from {origin} was lost: asking it for the differences"),
@@ -271,7 +182,7 @@ class Sync:
         peer = self.peers[origin]
         actions: list[Action] = []
         if digest.batch_seq:
-            actions += self._batch_seen(origin, digest.batch_seq, now, ours)
+            actions += self._batch_seen(origin, digest.batch_seq, now, ours, received=False)
         differing = frozenset(b for b in range(BUCKETS) if ours[b] != digest.buckets[b])
         if digest.request:
             if peer.sending:
@@ -334,12 +245,10 @@ class Sync:
     def tick(self, now: float, ours: Digests) -> list[Action]:
         """Called every sync interval (with jitter)."""
         actions = self._check_serving(now)
-        for name, peer in list(self.peers.items()):
-            if now - peer.heard > FORGET_ROUNDS * self.interval:
-                del self.peers[name]
-                actions.append(Note(f"peer {name} forgotten: silent for {now - peer.heard:.0f} s"))
-                if self._awaiting is not None:
-                    self._awaiting.discard(name)
+        for name in self.peers.forget_silent(now, FORGET_ROUNDS * self.interval):
+            actions.append(Note(f"peer {name} forgotten: silent too long"))
+            if self._awaiting is not None:
+                self._awaiting.discard(name)
         if not self.connected:
             return actions
         if not self._echoed and now - self._presence_at > self.retry:

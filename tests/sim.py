@@ -26,9 +26,10 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from kvs.actions import Action, Apply, Note, Publish, SendState, Serve
 from kvs.codec import Batch, Body, Message, Presence, Transfer
 from kvs.store import Fragment, Store
-from kvs.sync import Action, Apply, Note, Publish, SendState, Serve, Sync
+from kvs.sync import Sync
 
 BACKOFF = (1.0, 2.0)
 """Seconds before each reconnection attempt (kvs.mqtt.BACKOFF's shape)."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from kvs.sync import Action, Sync
+from kvs.actions import Action
+from kvs.sync import Sync
 from tests.sim import Cluster, Faults
 
 SEEDS = range(40)
@@ -113,7 +114,9 @@ class ServesWithoutSettling(Sync):
 class IgnoresSkippedBatches(Sync):
     """Never asks for a lost batch: only the periodic digests repair."""
 
-    def _batch_seen(self, origin: str, seq: int, now: float, ours: tuple[int, ...]) -> list[Action]:
+    def _batch_seen(
+        self, origin: str, seq: int, now: float, ours: tuple[int, ...], received: bool = True
+    ) -> list[Action]:
         self.peers[origin].next_batch = seq + 1
         return []
 

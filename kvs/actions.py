@@ -1,0 +1,54 @@
+"""What the sync core (kvs/sync.py) asks its adapter to do: frozen values, no behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from kvs.codec import Body
+from kvs.store import Fragment
+
+Route = Literal["digest", "presence"] | str
+"""Where a message goes: the digest topic, this server's presence topic, or a peer's inbox (its id)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    route: Route
+    body: Body
+    retain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SendState:
+    """Send `peer` this server's state of `buckets` (None: all), then call `Sync.sent(peer)`."""
+
+    peer: str
+    buckets: frozenset[int] | None
+    send_back: frozenset[int] = frozenset()
+    answers: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Apply:
+    """Join these fragments into the store (`batch`: they came in a Batch, for watchers)."""
+
+    origin: str
+    fragments: tuple[Fragment, ...]
+    batch: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Serve:
+    """This server holds its peers' state: report SERVING."""
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Something worth a log line; `drop` names the reason when a message was dropped."""
+
+    text: str
+    drop: str = ""
+
+
+Action = Publish | SendState | Apply | Serve | Note

@@ -1,0 +1,95 @@
+"""What the sync core remembers of each peer, and the replay window over its messages.
+
+A peer is known by its id; each run of it by its epoch (its start time in ms).
+Within an epoch every message carries a larger counter; `Peers.admit` takes a
+message only if its (epoch, counter) is new: a counter above the highest seen,
+or within WINDOW below it and not seen yet (QoS 1 may redeliver, and messages
+on different topics may overtake each other). A peer that leaves is kept until
+it has been silent for a while, so a server cut off from the broker comes back
+with the same epoch; the epochs of peers that left are remembered (DEPARTED of
+them) so that an earlier run's messages are not taken for new ones.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Final
+
+from kvs.codec import Digest, Message
+
+WINDOW: Final = 1024
+"""Counters below a peer's highest by less than this are checked one by one for replays."""
+DEPARTED: Final = 1024
+"""Epochs of peers that left, remembered so that their old messages are not taken for new ones."""
+
+Digests = tuple[int, ...]
+
+
+@dataclass
+class Peer:
+    epoch: int
+    high: int = 0  # the highest counter seen in this epoch
+    seen: int = 0  # bit i: counter high - 1 - i was seen
+    heard: float = 0.0  # when the last message came
+    present: bool = False
+    next_batch: int = 0  # the batch seq expected next (0: unknown yet)
+    asked: int = 0  # our request it has not fully answered yet (0: none)
+    asked_at: float = 0.0
+    again: bool = False  # something went missing after the outstanding request was answered
+    incoming: tuple[int, int] = (0, 0)  # the transfer id being received, and parts received
+    sending: bool = False  # a transfer to it is in flight
+    pending: Digest | None = None  # a request that came while sending
+    digests: tuple[Digests, Digests] | None = None  # its last periodic digest, and ours then
+
+
+class Peers(dict[str, Peer]):
+    """The peers heard from, by id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._departed: OrderedDict[str, int] = OrderedDict()
+
+    def present(self) -> list[str]:
+        return sorted(name for name, peer in self.items() if peer.present)
+
+    def admit(self, message: Message, now: float) -> Peer | None:
+        """The sender's record, unless the message is a replay (then None)."""
+        peer = self.get(message.origin)
+        if peer is None or message.epoch > peer.epoch:
+            if message.epoch < self._departed.get(message.origin, 0):
+                return None  # an earlier run of a server that left
+            present = peer is not None and peer.present  # a restart: still present
+            peer = self[message.origin] = Peer(message.epoch, present=present)
+        elif message.epoch < peer.epoch:
+            return None
+        counter = message.counter
+        if counter > peer.high:
+            shift = counter - peer.high
+            peer.seen = ((peer.seen << shift) | (1 << (shift - 1))) & ((1 << WINDOW) - 1) if peer.high else 0
+            peer.high = counter
+        else:
+            bit = peer.high - 1 - counter
+            if bit >= WINDOW or counter == peer.high or peer.seen >> bit & 1:
+                return None
+            peer.seen |= 1 << bit
+        peer.heard = now
+        return peer
+
+    def left(self, name: str, epoch: int) -> bool:
+        """Marks the peer gone; False if that says nothing new (unknown, an earlier run, gone already)."""
+        peer = self.get(name)
+        if peer is None or epoch < peer.epoch or not peer.present:
+            return False
+        peer.present, peer.asked, peer.digests = False, 0, None
+        self._departed[name] = epoch
+        while len(self._departed) > DEPARTED:
+            self._departed.popitem(last=False)
+        return True
+
+    def forget_silent(self, now: float, silence: float) -> list[str]:
+        """Forgets the peers not heard from in `silence` seconds; returns their ids."""
+        silent = [name for name, peer in self.items() if now - peer.heard > silence]
+        for name in silent:
+            del self[name]
+        return silent

@@ -1,0 +1,213 @@
+"""The sync core's rules one at a time: feed it messages and times, look at the actions."""
+
+from __future__ import annotations
+
+from kvs.actions import Action, Apply, Note, Publish, SendState, Serve
+from kvs.codec import Batch, Body, Digest, Message, Presence, Transfer
+from kvs.store import BUCKETS, Fragment
+from kvs.sync import SETTLE, Sync
+
+ZERO = (0,) * BUCKETS
+ONE = (1,) + (0,) * (BUCKETS - 1)
+
+
+class Peer:
+    """Makes the messages of one peer, with its epoch and increasing counters."""
+
+    def __init__(self, name: str, epoch: int = 100) -> None:
+        self.name, self.epoch, self.counter = name, epoch, 0
+
+    def says(self, body: Body, counter: int | None = None) -> Message:
+        self.counter += 1
+        return Message(self.name, body, self.epoch, self.counter if counter is None else counter)
+
+
+def kinds(actions: list[Action]) -> list[str]:
+    return [type(a).__name__ for a in actions if not isinstance(a, Note)]
+
+
+def joined(sync: Sync, *peers: Peer, now: float = 0.0) -> list[Action]:
+    """Connects, sees the peers' retained presences, then its own presence comes back."""
+    sync.connected_to_broker(now)
+    sync.broker_uptime(1000, now)
+    actions = sync.subscribed(now)
+    for peer in peers:
+        actions += sync.message(peer.says(Presence()), now, ZERO)
+    return actions + sync.own_presence(now, ZERO)
+
+
+def answer(sync: Sync, peer: Peer, request: int, now: float, parts: int = 1) -> list[Action]:
+    actions: list[Action] = []
+    for part in range(parts):
+        last = part == parts - 1
+        body = Transfer(
+            (Fragment("k", 0, ((1, "v"),)),),
+            last,
+            frozenset(),
+            7,
+            part,
+            parts if last else 0,
+            request if last else 0,
+        )
+        actions += sync.message(peer.says(body), now, ZERO)
+    return actions
+
+
+def request_to(actions: list[Action], route: str) -> int:
+    [request] = [
+        a.body.request
+        for a in actions
+        if isinstance(a, Publish) and a.route == route and isinstance(a.body, Digest) and a.body.request
+    ]
+    return request
+
+
+def test_alone_on_a_settled_broker_a_server_serves_at_once() -> None:
+    sync = Sync("s1")
+    assert kinds(joined(sync)) == ["Publish", "Publish", "Serve"]  # presence, request, serve
+
+
+def test_a_joiner_serves_only_once_every_present_peer_has_answered_completely() -> None:
+    sync, s2, s3 = Sync("s1"), Peer("s2"), Peer("s3")
+    actions = joined(sync, s2, s3)
+    request = request_to(actions, "digest")
+    assert "Serve" not in kinds(actions)
+    assert "Serve" not in kinds(answer(sync, s2, request, 0.1))
+    first = Transfer((), False, frozenset(), 8, 0)
+    assert kinds(sync.message(s3.says(first), 0.2, ZERO)) == ["Apply"]
+    last = Transfer((), True, frozenset(), 8, 1, 2, request)
+    assert kinds(sync.message(s3.says(last), 0.3, ZERO)) == ["Apply", "Serve"]
+
+
+def test_a_transfer_with_a_part_missing_is_asked_again() -> None:
+    sync, s2 = Sync("s1"), Peer("s2")
+    request = request_to(joined(sync, s2), "digest")
+    body = Transfer((), True, frozenset(), 9, 1, 2, request)  # part 0 of 2 never came
+    actions = sync.message(s2.says(body), 0.1, ZERO)
+    assert "Serve" not in kinds(actions)
+    assert request_to(actions, "s2") > request
+
+
+def test_after_a_broker_restart_a_joiner_waits_for_the_broker_to_settle() -> None:
+    sync, s2 = Sync("s1"), Peer("s2")
+    sync.connected_to_broker(100.0)
+    sync.broker_uptime(0, 100.0)  # the broker just started: its retained presences are gone
+    sync.subscribed(100.0)
+    assert "Serve" not in kinds(sync.own_presence(100.0, ZERO))
+    assert sync.poll(100.0 + SETTLE - 0.1) == []
+    # A peer reconnects within its backoff and says it is here: now it is waited for.
+    actions = sync.message(s2.says(Presence()), 102.0, ZERO)
+    request = request_to(actions, "s2")
+    assert sync.poll(100.0 + SETTLE) == []
+    assert kinds(answer(sync, s2, request, 100.0 + SETTLE + 1)) == ["Apply", "Serve"]
+
+
+def test_the_first_server_of_a_new_cluster_with_its_own_fresh_broker_does_not_wait() -> None:
+    sync = Sync("s1", fresh=True)
+    sync.connected_to_broker(0.0)
+    sync.broker_uptime(0, 0.0)
+    sync.subscribed(0.0)
+    assert kinds(sync.own_presence(0.0, ZERO))[-1] == "Serve"
+
+
+def test_a_skipped_batch_number_asks_its_sender_at_once() -> None:
+    sync, s2 = Sync("s1"), Peer("s2")
+    joined(sync)
+    assert kinds(sync.message(s2.says(Batch((), seq=1)), 1.0, ZERO)) == ["Apply"]
+    actions = sync.message(s2.says(Batch((), seq=3)), 1.1, ZERO)
+    assert kinds(actions) == ["Apply", "Publish"]
+    assert request_to(actions, "s2")
+    # One request at a time: another gap meanwhile is remembered, not asked twice.
+    assert kinds(sync.message(s2.says(Batch((), seq=5)), 1.2, ZERO)) == ["Apply"]
+
+
+def test_a_digest_says_which_batch_was_last_so_a_lost_final_batch_is_noticed() -> None:
+    sync, s2 = Sync("s1"), Peer("s2")
+    joined(sync)
+    sync.message(s2.says(Batch((), seq=1)), 1.0, ZERO)
+    actions = sync.message(s2.says(Digest(ZERO, 0, batch_seq=2)), 2.0, ZERO)
+    assert request_to(actions, "s2")
+
+
+def test_a_request_is_answered_with_the_differing_buckets_and_one_transfer_at_a_time() -> None:
+    sync, s2 = Sync("s1"), Peer("s2")
+    joined(sync)
+    [send] = [a for a in sync.message(s2.says(Digest(ONE, 5)), 1.0, ZERO) if isinstance(a, SendState)]
+    assert send == SendState("s2", frozenset({0}), answers=5)
+    assert kinds(sync.message(s2.says(Digest(ZERO, 6)), 1.1, ZERO)) == []  # while the first is in flight
+    assert sync.sent("s2", 1.2, ZERO) == [SendState("s2", frozenset(), answers=6)]
+
+
+def test_a_bucket_is_repaired_once_it_differs_the_same_way_twice_and_by_the_smaller_id() -> None:
+    sync, s2 = Sync("s1"), Peer("s2")
+    joined(sync)
+    assert kinds(sync.message(s2.says(Digest(ONE)), 1.0, ZERO)) == []  # too early to tell
+    actions = sync.message(s2.says(Digest(ONE)), 2.0, ZERO)
+    assert [a for a in actions if isinstance(a, SendState)] == [
+        SendState("s2", frozenset({0}), frozenset({0}))
+    ]
+    other = Sync("s3")
+    joined(other)
+    other.message(s2.says(Digest(ONE)), 1.0, ZERO)
+    assert kinds(other.message(s2.says(Digest(ONE)), 2.0, ZERO)) == []  # s2 < s3: s2 repairs
+
+
+def test_replayed_and_duplicated_messages_are_dropped() -> None:
+    sync, s2 = Sync("s1"), Peer("s2")
+    joined(sync)
+    batch = s2.says(Batch((Fragment("k", 0, ((1, "v"),)),), seq=1))
+    assert kinds(sync.message(batch, 1.0, ZERO)) == ["Apply"]
+    replay = sync.message(batch, 1.1, ZERO)
+    assert kinds(replay) == []
+    assert isinstance(replay[0], Note)
+    assert replay[0].drop == "replayed"
+    old_epoch = Message("s2", Batch((), seq=2), epoch=50, counter=99)
+    assert kinds(sync.message(old_epoch, 1.2, ZERO)) == []
+    # Counters may arrive out of order within the window.
+    late = [s2.says(Batch((), seq=n)) for n in (2, 3)]
+    assert kinds(sync.message(late[1], 1.3, ZERO))[0] == "Apply"
+    assert kinds(sync.message(late[0], 1.4, ZERO)) == ["Apply"]
+
+
+def test_a_peer_that_leaves_is_no_longer_waited_for_and_its_old_runs_are_refused() -> None:
+    sync, s2 = Sync("s1"), Peer("s2")
+    joined(sync, s2)
+    actions = sync.message(s2.says(Presence(up=False)), 1.0, ZERO)
+    assert kinds(actions) == ["Serve"]
+    assert sync.peers["s2"].present is False
+    assert kinds(sync.message(Message("s2", Presence(), 50, 1), 1.1, ZERO)) == []
+
+
+def test_a_silent_peer_is_forgotten() -> None:
+    sync, s2 = Sync("s1", interval=1.0), Peer("s2")
+    joined(sync, s2)
+    sync.tick(1000.0, ZERO)
+    assert "s2" not in sync.peers
+
+
+def test_after_a_reconnection_a_server_asks_every_peer_again_and_retries_until_answered() -> None:
+    sync, s2 = Sync("s1", interval=1.0), Peer("s2")
+    joined(sync)
+    sync.message(s2.says(Presence()), 0.5, ZERO)
+    sync.disconnected(1.0)
+    sync.connected_to_broker(3.0)
+    sync.subscribed(3.0)
+    request = request_to(sync.own_presence(3.0, ZERO), "digest")
+    assert sync.peers["s2"].asked == request
+    retried = sync.tick(3.0 + 2 * sync.interval + 0.1, ZERO)
+    assert request_to(retried, "s2") > request
+
+
+def test_an_unechoed_presence_is_published_again() -> None:
+    sync = Sync("s1", interval=1.0)
+    sync.connected_to_broker(0.0)
+    sync.subscribed(0.0)
+    assert Publish("presence", Presence(), retain=True) in sync.tick(3.0, ZERO)
+
+
+def test_the_applied_fragments_come_out_as_they_came_in() -> None:
+    sync, s2 = Sync("s1"), Peer("s2")
+    joined(sync)
+    fragments = (Fragment("a", 0, ((1, "x"),)), Fragment("b", 5))
+    assert sync.message(s2.says(Batch(fragments, seq=1)), 1.0, ZERO)[0] == Apply("s2", fragments, batch=True)
+    assert Serve() not in sync.poll(2.0)  # serving once is enough
