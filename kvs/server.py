@@ -30,8 +30,9 @@ from kvs.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from kvs.admin import Admin
 from kvs.broker import Address, EmbeddedBroker
 from kvs.errors import BrokerUnreachable
+from kvs.replicated import ReplicatedStore
 from kvs.replication import Replicator
-from kvs.service import SERVICE_NAME, KeyValueStore, Publish
+from kvs.service import SERVICE_NAME, KeyValueStore
 from kvs.store import Store, Version
 
 log = logging.getLogger("kvs.server")
@@ -63,7 +64,7 @@ class Settings:
 class Server:
     """One gRPC server over one store: construct, `start()` (returns the port), `stop()`."""
 
-    def __init__(self, store: Store, publish: Publish, address: str, admin: Admin | None = None) -> None:
+    def __init__(self, store: ReplicatedStore, address: str, admin: Admin | None = None) -> None:
         self.ready = asyncio.Event()
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs predate .aio
         self._grpc = grpc.aio.server(
@@ -73,9 +74,7 @@ class Server:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        kvs_pb2_grpc.add_KeyValueStoreServicer_to_server(
-            KeyValueStore(store, publish, self.ready), self._grpc
-        )
+        kvs_pb2_grpc.add_KeyValueStoreServicer_to_server(KeyValueStore(store, self.ready), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         services = [
             SERVICE_NAME,
@@ -139,7 +138,11 @@ async def serve(settings: Settings) -> int:
         sync_interval=settings.sync_interval,
         fresh=fresh,
     )
-    server = Server(store, replicator.publish, f"{settings.listen}:{settings.port}", Admin(store, replicator))
+    server = Server(
+        ReplicatedStore(store, replicator.publish),
+        f"{settings.listen}:{settings.port}",
+        Admin(store, replicator),
+    )
     try:
         port = await server.start()
     except RuntimeError as error:

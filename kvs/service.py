@@ -1,16 +1,16 @@
 """The gRPC servicer: validate -> store -> reply (SPEC section 2).
 
 Runs on the server's asyncio event loop, the one thread that owns the store
-(kvs/server.py). Every accepted mutation is handed to `publish` in the same
-step, so replication sees writes in the order the store accepted them.
-Errors are translated once, through `STATUS`.
+(kvs/server.py). It writes through `ReplicatedStore` (kvs.replicated), which
+publishes every accepted mutation and does large ones in bounded steps; no
+handler publishes anything itself. Errors are translated once, through `STATUS`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -18,7 +18,8 @@ import grpc
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import kvs_pb2_grpc as pb_grpc
 from kvs.errors import InvalidArgument, KvsError, VersionExhausted
-from kvs.store import Entry, Fragment, Store, Version, Written
+from kvs.replicated import ReplicatedStore
+from kvs.store import Entry, Version, Written
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["KeyValueStore"].full_name
 
@@ -27,10 +28,6 @@ STATUS: dict[type[KvsError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     VersionExhausted: grpc.StatusCode.OUT_OF_RANGE,
 }
-
-Publish = Callable[[Sequence[Fragment]], None]
-"""Takes the fragments of an accepted mutation for replication."""
-
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 Request = TypeVar("Request")
@@ -79,9 +76,8 @@ def _status(error: KvsError) -> tuple[grpc.StatusCode, str]:
 class KeyValueStore(pb_grpc.KeyValueStoreServicer):
     """The nine RPCs of SPEC section 1 over one store."""
 
-    def __init__(self, store: Store, publish: Publish, ready: asyncio.Event) -> None:
+    def __init__(self, store: ReplicatedStore, ready: asyncio.Event) -> None:
         self._store = store
-        self._publish = publish
         # Calls wait here until the server holds its peers' state (kvs.replication).
         self.ready = ready
 
@@ -94,7 +90,9 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
         self, request: pb.KeyRange, context: Context
     ) -> AsyncIterator[pb.KeyValueVersionReply]:
         fr, to, at = _range(request)
-        for entry in self._store.get_range(fr, to, at):
+        # A page at a time: each yield waits for gRPC's flow control, so a client
+        # that does not read holds one page of the server's memory.
+        async for entry in self._store.get_range(fr, to, at):
             yield _reply(entry)
 
     @_streaming
@@ -105,40 +103,30 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
         keys = [_key(request) for request in requests]
         # One version for the whole stream: the largest asked (none: the newest).
         at = max((_version(request) or 0 for request in requests), default=0)
-        # Read every key before the first reply goes out: one consistent view.
-        for entry in [self._store.get(key, at) for key in keys]:
+        async for entry in self._store.get_many(keys, at or None):
             yield _reply(entry)
 
     @_unary
     async def Put(self, request: pb.KeyValueRequest, context: Context) -> pb.PutReply:
-        written, fragment = self._store.put(_key(request), request.val)
-        self._publish((fragment,))
-        return _put_reply(written)
+        return _put_reply(await self._store.put(_key(request), request.val))
 
     @_streaming
     async def PutAll(
         self, request_iterator: AsyncIterator[pb.KeyValueRequest], context: Context
     ) -> AsyncIterator[pb.PutReply]:
         async for request in request_iterator:
-            written, fragment = self._store.put(_key(request), request.val)
-            self._publish((fragment,))
-            yield _put_reply(written)
+            yield _put_reply(await self._store.put(_key(request), request.val))
 
     @_unary
     async def Del(self, request: pb.KeyRequest, context: Context) -> pb.KeyValueVersionReply:
-        removed, fragment = self._store.delete(_key(request))
-        if fragment:
-            self._publish((fragment,))
-        return _reply(removed)
+        return _reply(await self._store.delete(_key(request)))
 
     @_streaming
     async def DelRange(
         self, request: pb.KeyRange, context: Context
     ) -> AsyncIterator[pb.KeyValueVersionReply]:
         fr, to, _ = _range(request)
-        done = self._store.delete_range(fr, to)
-        self._publish([fragment for _, fragment in done])
-        for removed, _ in done:
+        async for removed in self._store.delete_range(fr, to):
             yield _reply(removed)
 
     @_streaming
@@ -146,17 +134,11 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
         self, request_iterator: AsyncIterator[pb.KeyRequest], context: Context
     ) -> AsyncIterator[pb.KeyValueVersionReply]:
         async for request in request_iterator:
-            removed, fragment = self._store.delete(_key(request))
-            if fragment:
-                self._publish((fragment,))
-            yield _reply(removed)
+            yield _reply(await self._store.delete(_key(request)))
 
     @_unary
     async def Trim(self, request: pb.KeyRequest, context: Context) -> pb.KeyValueVersionReply:
-        kept, fragment = self._store.trim(_key(request))
-        if fragment:
-            self._publish((fragment,))
-        return _reply(kept)
+        return _reply(await self._store.trim(_key(request)))
 
 
 # Validation at the edge ------------------------------------------------------

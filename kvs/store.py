@@ -126,6 +126,31 @@ LEFT JOIN versions AS v ON v.key = k.key
     AND v.ver = (SELECT max(ver) FROM versions WHERE key = k.key AND ver <= ?3)
 ORDER BY k.key
 """
+# One page of _RANGE_AT: at most ?5 keys, each after ?4 (keyset pagination; "" is before every key).
+_RANGE_PAGE = """
+SELECT k.key, v.ver, v.val
+FROM (SELECT DISTINCT key FROM versions WHERE key BETWEEN ?1 AND ?2 AND key > ?4 ORDER BY key LIMIT ?5) AS k
+LEFT JOIN versions AS v ON v.key = k.key
+    AND v.ver = (SELECT max(ver) FROM versions WHERE key = k.key AND ver <= ?3)
+ORDER BY k.key
+"""
+_KEYS_PAGE = (
+    "SELECT DISTINCT key FROM versions WHERE key BETWEEN ?1 AND ?2 AND key > ?3 ORDER BY key LIMIT ?4"
+)
+# The oldest ?3 versions of a key below ?2.
+_DROP_OLDEST = """
+DELETE FROM versions WHERE key = ?1
+    AND ver IN (SELECT ver FROM versions WHERE key = ?1 AND ver < ?2 ORDER BY ver LIMIT ?3)
+RETURNING ver, val
+"""
+# Keys with a floor or a version after ?1, at most ?2 of them (for an export page).
+_STATE_KEYS = """
+SELECT key FROM floors WHERE key > ?1
+UNION
+SELECT key FROM versions WHERE key > ?1
+ORDER BY key LIMIT ?2
+"""
+_VERSIONS_OF = "SELECT ver, val FROM versions WHERE key = ? ORDER BY ver"
 _INSERT = "INSERT INTO versions (key, ver, val) VALUES (?, ?, ?)"
 # Adds a version unless it is below the key's floor or the version is taken.
 _ADD = """
@@ -175,6 +200,27 @@ class Store:
         rows = self._db.execute(_RANGE_AT, (fr, to, upper))
         return [Entry(key, "", upper) if ver is None else Entry(key, val, ver) for key, ver, val in rows]
 
+    def range_page(self, fr: str, to: str, at: Version | None, after: str, limit: int) -> list[Entry]:
+        """As `get_range`, at most `limit` keys, each after `after` ("": from `fr`).
+
+        A caller that pages with `after` = the last key it got reads the range in bounded steps.
+        """
+        upper = _upper(at)
+        rows = self._db.execute(_RANGE_PAGE, (fr, to, upper, after, limit))
+        return [Entry(key, "", upper) if ver is None else Entry(key, val, ver) for key, ver, val in rows]
+
+    def keys(self, fr: str, to: str, after: str, limit: int) -> list[str]:
+        """At most `limit` existing keys with fr <= key <= to and key > `after`, ascending."""
+        return [key for (key,) in self._db.execute(_KEYS_PAGE, (fr, to, after, limit))]
+
+    def export_page(self, after: str, limit: int) -> list[Fragment]:
+        """The whole state of at most `limit` keys (tombstones included) after `after`, by key."""
+        page = []
+        for (key,) in self._db.execute(_STATE_KEYS, (after, limit)).fetchall():
+            versions = tuple((ver, val) for ver, val in self._db.execute(_VERSIONS_OF, (key,)))
+            page.append(Fragment(key, self._floor(key), versions))
+        return page
+
     def key_count(self) -> int:
         """How many keys exist (tombstones excluded)."""
         count: int = self._db.execute(_KEY_COUNT).fetchone()[0]
@@ -213,6 +259,29 @@ class Store:
                 assert fragment is not None  # the key exists: it was just listed
                 done.append((removed, fragment))
         return done
+
+    def delete_keys(self, keys: Iterable[str]) -> list[tuple[Entry, Fragment]]:
+        """Delete each of `keys` that exists, as one change; a key that does not is skipped."""
+        done = []
+        with self._transaction():
+            for key in keys:
+                removed, fragment = self.delete(key)
+                if fragment is not None:
+                    done.append((removed, fragment))
+        return done
+
+    def drop_below(self, key: str, below: Version, limit: int) -> int:
+        """Remove the oldest versions of `key` under `below`, at most `limit`; returns how many.
+
+        Part of a floor raise done in steps (kvs.replicated): oldest first, so a read
+        between two steps gets either the answer from before the change or the one
+        after it. The floor is not touched; the change that follows raises it.
+        """
+        with self._transaction():
+            rows = self._db.execute(_DROP_OLDEST, (key, below, limit)).fetchall()
+            for ver, val in rows:
+                self._toggle(b"v", key, ver, val)
+        return len(rows)
 
     def trim(self, key: str) -> tuple[Entry, Fragment | None]:
         """Remove every version but the newest: the floor rises to the newest version."""

@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from kvs._gen import kvs_pb2_grpc
+from kvs.replicated import ReplicatedStore
 from kvs.server import Server
 from kvs.store import Fragment, Store
 from tests.clock import Clock
@@ -52,7 +53,7 @@ def start_server(loop: asyncio.AbstractEventLoop, serving: bool = True) -> Runni
         published.append(list(fragments))
 
     async def start() -> tuple[Server, int]:
-        server = Server(Store(clock), publish, "127.0.0.1:0")
+        server = Server(ReplicatedStore(Store(clock), publish), "127.0.0.1:0")
         port = await server.start()
         if serving:
             await server.serving()

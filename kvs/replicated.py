@@ -1,0 +1,168 @@
+"""The write path: a store whose every accepted mutation is published, in bounded steps.
+
+`ReplicatedStore` wraps `Store` for the gRPC service. Each write method applies
+the mutation and hands its fragments to `publish` in the same step (no await in
+between), so replication sees writes in the order the store accepted them and
+no caller can forget to publish. Then, if a `Commits` is given, it waits until
+the write is durable (group commit, --data-dir) before it returns.
+
+Bounded work (SPEC guarantee 8): nothing here holds the event loop for long.
+Large operations run in slices of about `SLICE_ROWS` rows, with
+`await asyncio.sleep(0)` in between so other calls are served meanwhile:
+
+- DelRange deletes a page of keys at a time and replies with exactly the keys
+  that page deleted (a key someone else deleted first is not in the reply).
+- Del and Trim of a key with a long history first drop its old versions,
+  oldest first, a slice at a time; the store's own delete or trim then has
+  little left to do. Oldest first means a read in between gets either the
+  answer from before the change or the one after it.
+- `join_in_slices` applies a peer's batch or transfer the same way.
+- Reads of a range come from a keyset cursor, a page at a time, so a stream
+  that is not read holds one page.
+
+Like the store, it runs on the event loop thread only (kvs.server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Final, Protocol
+
+from kvs.store import Entry, Fragment, Store, Version, Written
+
+Publish = Callable[[Sequence[Fragment]], None]
+"""Takes the fragments of an accepted mutation for replication."""
+
+SLICE_ROWS: Final = 1000
+"""Rows changed per step of a large operation: about a millisecond or two of work."""
+PAGE_KEYS: Final = 500
+"""Keys read per step of a range read or a DelRange."""
+
+
+class Commits(Protocol):
+    """Makes accepted writes durable; `durable()` returns once every write so far is."""
+
+    async def durable(self) -> None: ...
+
+
+async def _pause() -> None:
+    """Lets the event loop serve other calls between two slices."""
+    await asyncio.sleep(0)
+
+
+class ReplicatedStore:
+    """`Store`'s reads, and its writes published and done in bounded steps."""
+
+    def __init__(self, store: Store, publish: Publish, commits: Commits | None = None) -> None:
+        self.store = store
+        self._publish = publish
+        self._commits = commits
+
+    # Reads -------------------------------------------------------------------
+
+    def get(self, key: str, at: Version | None = None) -> Entry:
+        return self.store.get(key, at)
+
+    async def get_range(self, fr: str, to: str, at: Version | None = None) -> AsyncIterator[Entry]:
+        """`Store.get_range`, read a page at a time (a page may see writes the previous did not)."""
+        after = ""
+        while page := self.store.range_page(fr, to, at, after, PAGE_KEYS):
+            for entry in page:
+                yield entry
+            after = page[-1].key
+            await _pause()
+
+    async def get_many(self, keys: Sequence[str], at: Version | None = None) -> AsyncIterator[Entry]:
+        """`get` of each key in order, a page at a time."""
+        for start in range(0, len(keys), PAGE_KEYS):
+            for key in keys[start : start + PAGE_KEYS]:
+                yield self.store.get(key, at)
+            await _pause()
+
+    # Writes ------------------------------------------------------------------
+
+    async def put(self, key: str, val: str) -> Written:
+        written, fragment = self.store.put(key, val)
+        self._publish((fragment,))
+        await self._durable()
+        return written
+
+    async def delete(self, key: str) -> Entry:
+        """Remove every version; returns the newest removed, or (key, "", 0)."""
+        await self._shed(key)
+        removed, fragment = self.store.delete(key)
+        if fragment:
+            self._publish((fragment,))
+            await self._durable()
+        return removed
+
+    async def delete_range(self, fr: str, to: str) -> AsyncIterator[Entry]:
+        """Delete every existing key with fr <= key <= to, a page at a time; yields what was deleted.
+
+        Each page is published and made durable before its entries are yielded.
+        """
+        after = ""
+        while keys := self.store.keys(fr, to, after, PAGE_KEYS):
+            after = keys[-1]
+            done = self.store.delete_keys(keys)
+            if done:
+                self._publish([fragment for _, fragment in done])
+                await self._durable()
+            for removed, _ in done:
+                yield removed
+            await _pause()
+
+    async def trim(self, key: str) -> Entry:
+        """Remove every version but the newest; returns the newest, or (key, "", 0)."""
+        await self._shed(key)
+        kept, fragment = self.store.trim(key)
+        if fragment:
+            self._publish((fragment,))
+            await self._durable()
+        return kept
+
+    # Internals ---------------------------------------------------------------
+
+    async def _durable(self) -> None:
+        if self._commits is not None:
+            await self._commits.durable()
+
+    async def _shed(self, key: str) -> None:
+        """Drop every version of `key` but the newest, a slice at a time (see the module doc)."""
+        newest = self.store.get(key)
+        while newest.ver and self.store.drop_below(key, newest.ver, SLICE_ROWS) == SLICE_ROWS:
+            await _pause()
+
+
+async def join_in_slices(store: Store, fragments: Iterable[Fragment], rows: int = SLICE_ROWS) -> None:
+    """`store.join(fragments)` in steps of about `rows` rows, pausing in between.
+
+    The result equals one join: the join is associative and commutative, a
+    fragment's versions may be joined in pieces, and dropping the versions under
+    a floor before raising it is part of what raising it does.
+    """
+    batch: list[Fragment] = []
+    budget = rows
+    for fragment in fragments:
+        if fragment.floor > 0:
+            while (dropped := store.drop_below(fragment.key, fragment.floor, budget)) == budget:
+                await _pause()
+                budget = rows
+            budget -= dropped
+        versions = fragment.versions
+        floor = fragment.floor
+        while True:
+            piece, versions = versions[: max(budget, 1)], versions[max(budget, 1) :]
+            batch.append(Fragment(fragment.key, floor, piece))
+            floor = 0  # raised by the first piece already
+            budget -= len(piece) + 1
+            if budget <= 0:
+                store.join(batch)
+                batch = []
+                budget = rows
+                await _pause()
+            if not versions:
+                break
+    if batch:
+        store.join(batch)
