@@ -24,7 +24,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final, ParamSpec
 
 import paho.mqtt.client as mqtt
@@ -39,7 +39,8 @@ from kvs.broker import Address
 from kvs.codec import Batch, Codec, Digest, Message, Presence, Transfer
 from kvs.errors import BrokerUnreachable, CodecError
 from kvs.mqtt import LoopDriver
-from kvs.store import Fragment, Store
+from kvs.replicated import PAGE_KEYS, join_in_slices
+from kvs.store import Fragment, Store, bucket_of
 from kvs.sync import Sync
 
 log = logging.getLogger("kvs.replication")
@@ -53,8 +54,6 @@ FLUSH_EVERY: Final = 0.002
 WRITE_WINDOW: Final = 2_000
 """Write batches paho may hold unacknowledged; beyond it a batch is dropped, its number skipped,
 and the peers ask for the difference. Control messages are never held back (guarantee 6)."""
-SLICE: Final = 512
-"""Fragments joined, or keys exported, between two turns of the event loop."""
 LOG_EVERY: Final = 10.0
 """Seconds between two log lines about dropped messages of one reason."""
 UPTIME: Final = "$SYS/broker/uptime"
@@ -234,9 +233,7 @@ class Replicator:
         if isinstance(action, Publish):
             self._publish(action)
         elif isinstance(action, Apply):
-            for start in range(0, len(action.fragments), SLICE):
-                self._store.join(action.fragments[start : start + SLICE])
-                await asyncio.sleep(0)
+            await join_in_slices(self._store, action.fragments)
             if action.batch:
                 for watcher in self._watchers:
                     watcher(action.origin, action.fragments)
@@ -255,12 +252,18 @@ class Replicator:
             log.info("%s", action.text)
 
     async def _send_state(self, action: SendState) -> None:
-        fragments = list(self._store.export(action.buckets)) if action.buckets != frozenset() else []
+        """A transfer, read a page at a time (fresh queries: writes go on in between)."""
         topic = self._topic(action.peer)
-        for payload in self._codec.transfer(fragments, action.send_back, action.answers):
+        for payload in self._codec.transfer(self._pages(action.buckets), action.send_back, action.answers):
             self._client.publish(topic, payload, qos=1)
             await asyncio.sleep(0)
         self._run(self._sync.sent(action.peer, time.monotonic(), self._store.digest()))
+
+    def _pages(self, buckets: frozenset[int] | None) -> Iterator[Fragment]:
+        after = ""
+        while buckets != frozenset() and (page := self._store.export_page(after, PAGE_KEYS)):
+            yield from (f for f in page if buckets is None or bucket_of(f.key) in buckets)
+            after = page[-1].key
 
     # Time -------------------------------------------------------------------------------
 
