@@ -35,9 +35,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from kvs.broker import Address
+from kvs.broker import Address, BrokerAuth, configure
 from kvs.codec import Batch, Body, Codec, Digest, Message, Presence, Transfer
-from kvs.errors import BrokerUnreachable, CodecError
+from kvs.errors import BrokerRefused, BrokerUnreachable, CodecError
 from kvs.mqtt import LoopDriver
 from kvs.store import BUCKETS, Fragment, Store
 
@@ -100,10 +100,18 @@ class Replicator:
     """Keeps one server's store in step with its peers through the broker."""
 
     def __init__(
-        self, store: Store, cluster: str, node_id: str, broker: Address, sync_interval: float = 5.0
+        self,
+        store: Store,
+        cluster: str,
+        node_id: str,
+        broker: Address,
+        sync_interval: float = 5.0,
+        *,
+        auth: BrokerAuth | None = None,
     ) -> None:
         self.node_id = node_id
         self.broker = broker
+        self._auth = auth or BrokerAuth()
         self.caught_up = asyncio.Event()
         """Set once this server holds its peers' state (or found none to wait for)."""
         self._store = store
@@ -113,7 +121,7 @@ class Replicator:
         self._loop = asyncio.get_running_loop()
         self._client = self._make_client()
         self._driver = LoopDriver(self._client)
-        self._connack: asyncio.Future[ReasonCode] = self._loop.create_future()
+        self._connack: asyncio.Future[ReasonCode | None] = self._loop.create_future()  # None: hung up
         self._outbox: list[Fragment] = []
         self._flush_at: float | None = None  # when the scheduled flush runs (loop time)
         self._last_flush = 0.0
@@ -155,13 +163,15 @@ class Replicator:
         try:
             await self._driver.connect(self.broker.host, self.broker.port, KEEPALIVE, properties)
             reason = await asyncio.wait_for(asyncio.shield(self._connack), 10)
+        except TimeoutError:  # before OSError, its base class
+            reason = None
         except OSError as error:
             raise BrokerUnreachable(f"{self.broker}: {error.strerror or error}") from None
-        except TimeoutError:
-            reason = None
         if reason is None or reason.is_failure:
             await self._driver.stop()
-            raise BrokerUnreachable(f"{self.broker}: {reason or 'no answer to CONNECT'}")
+            if reason is not None:
+                raise BrokerRefused(f"{self.broker}: {reason}")
+            raise BrokerUnreachable(f"{self.broker}: no answer to CONNECT")
         self._ticker = asyncio.create_task(self._tick_forever())
 
     def publish(self, fragments: Sequence[Fragment]) -> None:
@@ -270,6 +280,8 @@ class Replicator:
     def _on_connected(self, reason: ReasonCode, session_present: bool) -> None:
         if not self._connack.done():
             self._connack.set_result(reason)
+            if reason.is_failure:
+                return  # start() says so
         if reason.is_failure:
             log.error("the broker at %s refused the connection: %s", self.broker, reason)
             return
@@ -354,6 +366,7 @@ class Replicator:
         client.will_set(self._topics.presence(self.node_id), b"", qos=1, retain=True)
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(MAX_QUEUED)
+        configure(client, self._auth)
         client.on_connect = _guarded(self._paho_connect)
         client.on_disconnect = _guarded(self._paho_disconnect)
         client.on_subscribe = _guarded(self._paho_subscribe)
@@ -366,7 +379,10 @@ class Replicator:
 
     def _paho_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
                          reason: ReasonCode, properties: Properties | None) -> None:  # fmt: skip
-        if not self._driver.stopping:
+        if not self._connack.done():
+            self._connack.set_result(None)  # hung up before answering (a TLS port?): start() says so
+        first = self._connack.result()
+        if not self._driver.stopping and first is not None and not first.is_failure:
             log.warning("broker connection lost (%s); reconnecting", reason)
             self._driver.connection_lost()
 
