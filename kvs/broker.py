@@ -30,6 +30,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -153,6 +154,7 @@ class EmbeddedBroker:
     def acquire(self) -> None:
         """Makes sure a broker listens on the port (starting ours if none does) and marks it used."""
         self.home.mkdir(mode=0o700, exist_ok=True)
+        _check_private(self.home)
         with self._deciding():
             if not listening(Address("127.0.0.1", self.port)):
                 self._start()
@@ -232,6 +234,13 @@ class EmbeddedBroker:
             time.sleep(0.02)
         pid_file.unlink(missing_ok=True)
         log.info("stopped the private mosquitto (pid %d): no server uses it any more", pid)
+
+
+def _check_private(home: Path) -> None:
+    """Refuses a broker directory that another user made, or may write to (it is in /tmp)."""
+    info = home.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise OSError(f"{home} belongs to another user or others may write to it: remove it")
 
 
 def _write_private(path: Path, text: str) -> None:
