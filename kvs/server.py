@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -131,9 +132,13 @@ async def serve(settings: Settings) -> int:
 
     store = Store(now_ms)
     replicator = Replicator(
-        store, settings.cluster, settings.node_id, settings.broker, settings.sync_interval,
+        store,
+        settings.cluster,
+        settings.node_id,
+        settings.broker,
+        settings.sync_interval,
         auth=settings.broker_auth,
-    )  # fmt: skip
+    )
     server = Server(store, replicator.publish, f"{settings.listen}:{settings.port}", Admin(store, replicator))
     try:
         port = await server.start()
@@ -245,8 +250,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
 
 def _broker_auth(args: argparse.Namespace, broker: Address, broker_is_default: bool) -> BrokerAuth:
     """The flags' credentials and TLS; with none, the private broker's own when it may be used."""
-    if args.broker_tls_ca is not None and not args.broker_tls_ca.is_file():
-        raise ConfigError(f"--broker-tls-ca {args.broker_tls_ca}: no such file")
+    if args.broker_tls_ca is not None:
+        try:  # what paho's tls_set does later, where an error would be a traceback
+            ssl.create_default_context(cafile=args.broker_tls_ca)
+        except OSError as error:  # ssl.SSLError included
+            raise ConfigError(f"--broker-tls-ca {args.broker_tls_ca}: {error.strerror or error}") from None
     if broker_is_default and broker.local:
         return private_auth(broker.port)
     if args.broker_user is None:

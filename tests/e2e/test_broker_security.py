@@ -157,6 +157,18 @@ def test_a_password_file_readable_by_others_is_refused(processes: Processes, tmp
     )  # fmt: skip
 
 
+def test_a_broker_ca_file_that_is_not_a_certificate_is_one_line(processes: Processes, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    server = processes.server("s1", ["--broker-tls-ca", str(missing)], wait=False)
+    assert exit_lines(server) == (1, [f"server.py: --broker-tls-ca {missing}: No such file or directory"])
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    server = processes.server("s2", ["--broker-tls-ca", str(garbage)], wait=False)
+    status, [line] = exit_lines(server)
+    assert status == 1
+    assert line.startswith(f"server.py: --broker-tls-ca {garbage}: [X509")
+
+
 # The private broker ----------------------------------------------------------------------
 
 
