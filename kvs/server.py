@@ -29,7 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from kvs._gen import kvs_pb2_grpc, replication_pb2_grpc
 from kvs.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from kvs.admin import Admin
-from kvs.broker import Address, BrokerAuth, EmbeddedBroker, private_auth
+from kvs.broker import Address, BrokerAuth, EmbeddedBroker, private_auth, private_password_path
 from kvs.errors import BrokerRefused, BrokerUnreachable, ConfigError
 from kvs.keys import load_cluster_key, read_password
 from kvs.replication import Replicator
@@ -116,11 +116,18 @@ class Server:
 BROKER_ERROR = "Falha ao se conectar com o broker. Verifique se o broker está sendo executado."
 
 
-def broker_error(broker: Address, error: Exception) -> str:
+def broker_error(settings: Settings, error: Exception) -> str:
     """The one line said when the first connection fails."""
-    if isinstance(error, BrokerRefused):
-        return f"the broker refused this server ({error}): check --broker-user and its password"
-    return f"{BROKER_ERROR} ({broker}: {error})"
+    if not isinstance(error, BrokerRefused):
+        return f"{BROKER_ERROR} ({settings.broker}: {error})"
+    if settings.broker_is_default:
+        # Another user's private broker, or ours started with a password since replaced.
+        hint = (
+            f"it is not this user's private broker, or {private_password_path(settings.broker.port)} changed"
+        )
+    else:
+        hint = "check --broker-user and its password"
+    return f"the broker refused this server ({error}): {hint}"
 
 
 async def serve(settings: Settings) -> int:
@@ -157,7 +164,7 @@ async def serve(settings: Settings) -> int:
             await asyncio.to_thread(embedded.acquire)
         await replicator.start()
     except (BrokerUnreachable, OSError) as error:
-        print(broker_error(settings.broker, error), file=sys.stderr)
+        print(broker_error(settings, error), file=sys.stderr)
         await server.stop(0)
         if embedded:
             embedded.release()

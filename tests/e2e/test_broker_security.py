@@ -196,6 +196,16 @@ def test_the_private_broker_lets_in_only_servers_that_hold_its_password(processe
     assert anonymous_session(port, subscribe_all) == b"\x20\x02\x00\x05"
     assert_anonymous_publish_is_not_delivered(port, password, f"{processes.cluster}/batch")
 
+    # A server with another config directory has another password: refused, in one line.
+    elsewhere = processes.log_dir / "elsewhere"
+    stranger = processes.server("s3", env={**env, "XDG_CONFIG_HOME": str(elsewhere)}, wait=False)
+    assert exit_lines(stranger) == (
+        1,
+        [f"the broker refused this server (localhost:{port}: Not authorized): it is not this user's "
+         f"private broker, or {elsewhere}/kvs/broker-{port}.password changed"],
+    )  # fmt: skip
+    assert s2.stub.Get(pb.KeyRequest(key="k")).ver == written.ver  # the others go on
+
 
 def assert_anonymous_publish_is_not_delivered(port: int, password: str, topic: str) -> None:
     watcher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
