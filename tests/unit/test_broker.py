@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -30,5 +31,17 @@ def test_a_symlink_in_place_of_the_broker_directory_is_refused(
     broker = EmbeddedBroker(1, "password")
     (tmp_path / "elsewhere").mkdir(mode=0o700)
     broker.home.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError, match="belongs to another user"):
+        broker.acquire()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="making a directory of another user takes root")
+def test_a_broker_directory_of_another_user_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    broker = EmbeddedBroker(1, "password")
+    broker.home.mkdir(mode=0o700)
+    os.chown(broker.home, 65534, 65534)  # nobody
     with pytest.raises(OSError, match="belongs to another user"):
         broker.acquire()
