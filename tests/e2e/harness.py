@@ -121,7 +121,6 @@ class Mosquitto(Process):
         tls: BrokerTls | None = None,
     ) -> None:
         self.port = port or free_port()
-        self.tls = tls
         config = log_dir / f"mosquitto-{self.port}.conf"
         lines = [f"listener {self.port} 127.0.0.1", f"allow_anonymous {'false' if users else 'true'}"]
         if users:
