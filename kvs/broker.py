@@ -8,6 +8,16 @@ it, the others reuse it, and the last one to leave (the one that can lock
 `users.lock` exclusively) stops it. The kernel drops the locks of a crashed
 server, so a crash never keeps the broker alive for ever: the next server that
 leaves cleanly stops it.
+
+The private broker accepts no anonymous client (SPEC section 5): one user,
+`kvs`, whose password is generated once and kept 0600 next to the cluster key
+(`$XDG_CONFIG_HOME/kvs/broker-<port>.password`), where the other servers of
+the same user find it. An ACL lets that user alone publish and subscribe, under
+any topic (the broker is shared by every cluster of the machine), and read the
+broker's own `$SYS` topics.
+
+`BrokerAuth` and `configure` are the one place that sets up a paho client's
+credentials and TLS, for any broker.
 """
 
 from __future__ import annotations
@@ -15,34 +25,87 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import pwd
+import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
+
+import paho.mqtt.client as mqtt
+
+from kvs.keys import config_dir, ensure_secret, read_password
 
 log = logging.getLogger("kvs.broker")
 
 DEFAULT_PORT = 1883
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
+USER: Final = "kvs"
+"""The one user of the private broker."""
+
 # What every broker kvs starts is set to (see MEASURED.md): Nagle off, a queue
-# long enough that a busy subscriber is not dropped from, nothing on disk.
+# long enough that a busy subscriber is not dropped from, nothing on disk. And
+# no anonymous clients. `user`: run as root, mosquitto would otherwise become
+# the user `mosquitto`, who cannot read the 0600 password file.
 CONFIG = """\
 listener {port} 127.0.0.1
+<<<<<<< HEAD
 allow_anonymous true
 sys_interval 1
+=======
+allow_anonymous false
+password_file {home}/passwd
+acl_file {home}/acl
+user {system_user}
+>>>>>>> b-broker-security
 set_tcp_nodelay true
 max_queued_messages 100000
 persistence false
 log_dest stdout
 """
+ACL = f"""\
+# Only kvs servers, under any cluster prefix; and the broker's own statistics.
+user {USER}
+topic readwrite #
+topic read $SYS/#
+"""
+
+
+@dataclass(frozen=True)
+class BrokerAuth:
+    """How a server authenticates to the broker, and whether it speaks TLS; all None: neither."""
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls_ca: Path | None = None  # the CA that signed the broker's certificate: connect with TLS
+
+
+def configure(client: mqtt.Client, auth: BrokerAuth) -> None:
+    """Sets a paho client's credentials and TLS (paho's own) before it connects."""
+    if auth.user is not None:
+        client.username_pw_set(auth.user, auth.password)
+    if auth.tls_ca is not None:
+        client.tls_set(ca_certs=str(auth.tls_ca))
+
+
+def private_password_path(port: int) -> Path:
+    return config_dir() / f"broker-{port}.password"
+
+
+def private_auth(port: int) -> BrokerAuth:
+    """The credentials of the private broker on `port`, its password created if missing (KeyFileError)."""
+    path = private_password_path(port)
+    ensure_secret(path, lambda: secrets.token_urlsafe(32).encode())
+    return BrokerAuth(USER, read_password(path, "private broker password file"))
 
 
 @dataclass(frozen=True)
@@ -77,17 +140,18 @@ def listening(address: Address) -> bool:
         return False
 
 
-def mosquitto_binary() -> str | None:
+def mosquitto_binary(name: str = "mosquitto") -> str | None:
     # Debian installs mosquitto in /usr/sbin, which is not on a user's PATH.
-    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
-    return shutil.which("mosquitto", path=path)
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/usr/bin"])
+    return shutil.which(name, path=path)
 
 
 class EmbeddedBroker:
     """A private mosquitto on 127.0.0.1:port, shared by the servers of this machine."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, password: str) -> None:
         self.port = port
+        self._password = password  # for the user USER (private_auth)
         self.home = Path(tempfile.gettempdir()) / f"kvs-broker-{port}"
         self._users: IO[str] | None = None  # holds a shared lock while this server uses the broker
         self._process: subprocess.Popen[bytes] | None = None  # set when this server started it
@@ -97,7 +161,8 @@ class EmbeddedBroker:
 
     def acquire(self) -> None:
         """Makes sure a broker listens on the port (starting ours if none does) and marks it used."""
-        self.home.mkdir(exist_ok=True)
+        self.home.mkdir(mode=0o700, exist_ok=True)
+        _check_private(self.home)
         with self._deciding():
             started = not listening(Address("127.0.0.1", self.port))
             if started:
@@ -134,8 +199,10 @@ class EmbeddedBroker:
         binary = mosquitto_binary()
         if binary is None:
             raise FileNotFoundError("mosquitto is not installed (./compile.sh installs it)")
+        self._write_access_files()
         config = self.home / "mosquitto.conf"
-        config.write_text(CONFIG.format(port=self.port))
+        system_user = pwd.getpwuid(os.getuid()).pw_name
+        config.write_text(CONFIG.format(port=self.port, home=self.home, system_user=system_user))
         with (self.home / "mosquitto.log").open("ab") as output:
             # A session of its own: Ctrl-C on the server that started it must not stop it for the others.
             process = subprocess.Popen(
@@ -150,6 +217,19 @@ class EmbeddedBroker:
             time.sleep(0.02)
         log.info("nothing listened on port %d: started a private mosquitto (pid %d, log %s)",
                  self.port, process.pid, self.home / "mosquitto.log")  # fmt: skip
+
+    def _write_access_files(self) -> None:
+        """mosquitto's password file (hashed by mosquitto_passwd) and ACL, both 0600."""
+        passwd = mosquitto_binary("mosquitto_passwd")
+        if passwd is None:
+            raise FileNotFoundError("mosquitto_passwd is not installed (./compile.sh installs mosquitto)")
+        passwords = self.home / "passwd"
+        # Written in clear, then hashed in place (-U): the password never appears on a command line.
+        _write_private(passwords, f"{USER}:{self._password}\n")
+        _write_private(self.home / "acl", ACL)
+        done = subprocess.run([passwd, "-U", str(passwords)], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise OSError(f"mosquitto_passwd failed: {(done.stderr or done.stdout).strip()}")
 
     def _stop(self) -> None:
         pid_file = self.home / "pid"
@@ -168,6 +248,20 @@ class EmbeddedBroker:
             time.sleep(0.02)
         pid_file.unlink(missing_ok=True)
         log.info("stopped the private mosquitto (pid %d): no server uses it any more", pid)
+
+
+def _check_private(home: Path) -> None:
+    """Refuses a broker directory that another user made, or may write to (it is in /tmp)."""
+    info = home.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise OSError(f"{home} belongs to another user or others may write to it: remove it")
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that exists
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
 
 
 def _alive(pid: int) -> bool:

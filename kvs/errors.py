@@ -23,3 +23,15 @@ class CodecError(KvsError):
 
 class BrokerUnreachable(KvsError):
     """The MQTT broker could not be reached, or refused this server."""
+
+
+class BrokerRefused(BrokerUnreachable):
+    """The MQTT broker answered and refused this server (wrong user or password, not allowed)."""
+
+
+class ConfigError(KvsError):
+    """A file named by the configuration cannot be used; the server says so in one line and exits 1."""
+
+
+class KeyFileError(ConfigError):
+    """A cluster key or password file that is missing, open to other users, or of the wrong size."""

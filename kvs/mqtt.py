@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -159,6 +160,10 @@ class LoopDriver:
 
 
 def _has_data(sock: Any) -> bool:
+    if isinstance(sock, ssl.SSLSocket):
+        if sock.pending():
+            return True  # decrypted bytes the event loop cannot see on the socket
+        sock = super(ssl.SSLSocket, sock)  # peek at the encrypted bytes (SSLSocket refuses flags)
     try:
         return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
     except BlockingIOError:

@@ -35,9 +35,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from kvs.actions import Action, Apply, Publish, SendState, Serve
-from kvs.broker import Address
+from kvs.broker import Address, BrokerAuth, configure
 from kvs.codec import Batch, Codec, Digest, Message, Presence, Transfer
-from kvs.errors import BrokerUnreachable, CodecError
+from kvs.errors import BrokerRefused, BrokerUnreachable, CodecError
 from kvs.mqtt import LoopDriver
 from kvs.replicated import PAGE_KEYS, join_in_slices
 from kvs.store import Fragment, Store, bucket_of
@@ -107,8 +107,10 @@ class Replicator:
         *,
         sync_interval: float = 5.0,
         fresh: bool = False,
+        auth: BrokerAuth | None = None,
     ) -> None:
         self.node_id, self.cluster, self.broker = node_id, cluster, broker
+        self._auth = auth or BrokerAuth()
         self.caught_up = asyncio.Event()
         """Set once this server holds its peers' state (kvs.sync's joining rule)."""
         self._store = store
@@ -117,7 +119,7 @@ class Replicator:
         self._loop = asyncio.get_running_loop()
         self._client = self._make_client()
         self._driver = LoopDriver(self._client)
-        self._connack: asyncio.Future[ReasonCode] = self._loop.create_future()
+        self._connack: asyncio.Future[ReasonCode | None] = self._loop.create_future()  # None: hung up
         self._outbox: list[Fragment] = []
         self._flush_at: float | None = None
         self._last_flush = 0.0
@@ -157,13 +159,15 @@ class Replicator:
         try:
             await self._driver.connect(self.broker.host, self.broker.port, KEEPALIVE, properties)
             reason = await asyncio.wait_for(asyncio.shield(self._connack), 10)
+        except TimeoutError:  # before OSError, its base class
+            reason = None
         except OSError as error:
             raise BrokerUnreachable(f"{self.broker}: {error.strerror or error}") from None
-        except TimeoutError:
-            reason = None
         if reason is None or reason.is_failure:
             await self._driver.stop()
-            raise BrokerUnreachable(f"{self.broker}: {reason or 'no answer to CONNECT'}")
+            if reason is not None:
+                raise BrokerRefused(f"{self.broker}: {reason}")
+            raise BrokerUnreachable(f"{self.broker}: no answer to CONNECT")
         self._tasks = [asyncio.create_task(job()) for job in (self._tick_forever, self._work_forever)]
 
     def publish(self, fragments: Sequence[Fragment]) -> None:
@@ -291,6 +295,7 @@ class Replicator:
         client.will_set(self._topic("presence"), self._codec.presence(up=False), qos=1, retain=True)
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)  # no limit: writes are bounded by WRITE_WINDOW instead
+        configure(client, self._auth)
         client.on_connect = _guarded(self._paho_connect)
         client.on_disconnect = _guarded(self._paho_disconnect)
         client.on_subscribe = _guarded(self._paho_subscribe)
@@ -308,6 +313,8 @@ class Replicator:
     ) -> None:
         if not self._connack.done():
             self._connack.set_result(reason)
+            if reason.is_failure:
+                return  # start() says so
         if reason.is_failure:
             log.error("the broker at %s refused the connection: %s", self.broker, reason)
             return
@@ -332,8 +339,11 @@ class Replicator:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        if not self._connack.done():
+            self._connack.set_result(None)  # hung up before answering (a TLS port?): start() says so
+        first = self._connack.result()
         self._run(self._sync.disconnected(time.monotonic()))
-        if not self._driver.stopping:
+        if not self._driver.stopping and first is not None and not first.is_failure:
             log.warning("broker connection lost (%s); reconnecting", reason)
             self._driver.connection_lost()
 

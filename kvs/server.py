@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import uvloop
@@ -28,8 +29,9 @@ from grpc_reflection.v1alpha import reflection
 from kvs._gen import kvs_pb2_grpc, replication_pb2_grpc
 from kvs.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from kvs.admin import Admin
-from kvs.broker import Address, EmbeddedBroker
-from kvs.errors import BrokerUnreachable
+from kvs.broker import Address, BrokerAuth, EmbeddedBroker, private_auth, private_password_path
+from kvs.errors import BrokerRefused, BrokerUnreachable, ConfigError
+from kvs.keys import load_cluster_key, read_password
 from kvs.replicated import ReplicatedStore
 from kvs.replication import Replicator
 from kvs.service import SERVICE_NAME, KeyValueStore
@@ -56,9 +58,11 @@ class Settings:
     node_id: str
     cluster: str
     broker: Address
-    broker_is_default: bool  # no --broker: a private mosquitto may be started (kvs.broker)
+    broker_is_default: bool  # no --broker, --broker-user, --broker-tls-ca: a private mosquitto may be started
     sync_interval: float
     event_loop: str  # "uvloop" or "asyncio"
+    cluster_key: bytes  # 32 bytes (kvs.keys)
+    broker_auth: BrokerAuth  # credentials and TLS; the private broker's own when it is used
 
 
 class Server:
@@ -111,6 +115,20 @@ class Server:
 BROKER_ERROR = "Falha ao se conectar com o broker. Verifique se o broker está sendo executado."
 
 
+def broker_error(settings: Settings, error: Exception) -> str:
+    """The one line said when the first connection fails."""
+    if not isinstance(error, BrokerRefused):
+        return f"{BROKER_ERROR} ({settings.broker}: {error})"
+    if settings.broker_is_default:
+        # Another user's private broker, or ours started with a password since replaced.
+        hint = (
+            f"it is not this user's private broker, or {private_password_path(settings.broker.port)} changed"
+        )
+    else:
+        hint = "check --broker-user and its password"
+    return f"the broker refused this server ({error}): {hint}"
+
+
 async def serve(settings: Settings) -> int:
     """Runs a server until SIGINT or SIGTERM; returns the exit status."""
     stopping = asyncio.Event()
@@ -121,22 +139,22 @@ async def serve(settings: Settings) -> int:
     store = Store(now_ms)
     embedded = None
     if settings.broker_is_default and settings.broker.local:
-        embedded = EmbeddedBroker(settings.broker.port)
+        embedded = EmbeddedBroker(settings.broker.port, settings.broker_auth.password or "")
         try:
             await asyncio.to_thread(embedded.acquire)
         except OSError as error:
             print(f"{BROKER_ERROR} ({settings.broker}: {error})", file=sys.stderr)
             return 1
-    key = hashlib.sha256(settings.cluster.encode()).digest()  # TEMP until kvs.keys lands
     fresh = bool(embedded and embedded.fresh)
     replicator = Replicator(
         store,
         settings.cluster,
         settings.node_id,
         settings.broker,
-        key,
+        settings.cluster_key,
         sync_interval=settings.sync_interval,
         fresh=fresh,
+        auth=settings.broker_auth,
     )
     server = Server(
         ReplicatedStore(store, replicator.publish),
@@ -157,7 +175,7 @@ async def serve(settings: Settings) -> int:
     try:
         await replicator.start()
     except (BrokerUnreachable, OSError) as error:
-        print(f"{BROKER_ERROR} ({settings.broker}: {error})", file=sys.stderr)
+        print(broker_error(settings, error), file=sys.stderr)
         await server.stop(0)
         if embedded:
             embedded.release()
@@ -203,6 +221,25 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         default="uvloop",
         help="uvloop (faster, docs/performance.md) or asyncio's own",
     )
+    parser.add_argument(
+        "--cluster-key-file",
+        type=Path,
+        metavar="PATH",
+        help="the cluster key: 32 bytes, mode 0600 (~/.config/kvs/<cluster>.key, created if missing)",
+    )
+    parser.add_argument("--broker-user", metavar="NAME", help="MQTT user name")
+    parser.add_argument(
+        "--broker-password-file",
+        type=Path,
+        metavar="PATH",
+        help="file holding the MQTT password, mode 0600 (else env KVS_BROKER_PASSWORD)",
+    )
+    parser.add_argument(
+        "--broker-tls-ca",
+        type=Path,
+        metavar="PATH",
+        help="connect with TLS, verifying the broker with this CA",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--porta must be between 0 and 65535, not {args.port}")
@@ -217,20 +254,46 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         broker = Address.parse(text)
     except ValueError as error:
         parser.error(str(error))
+    if args.broker_password_file and not args.broker_user:
+        parser.error("--broker-password-file needs --broker-user")
+    broker_is_default = args.broker is None and args.broker_user is None and args.broker_tls_ca is None
     return Settings(
         port=args.port,
         listen=args.listen,
         node_id=node_id,
         cluster=args.cluster,
         broker=broker,
-        broker_is_default=args.broker is None,
+        broker_is_default=broker_is_default,
         sync_interval=args.sync_interval,
         event_loop=args.event_loop,
+        cluster_key=load_cluster_key(args.cluster_key_file, args.cluster),
+        broker_auth=_broker_auth(args, broker, broker_is_default),
     )
 
 
+def _broker_auth(args: argparse.Namespace, broker: Address, broker_is_default: bool) -> BrokerAuth:
+    """The flags' credentials and TLS; with none, the private broker's own when it may be used."""
+    if args.broker_tls_ca is not None:
+        try:  # what paho's tls_set does later, where an error would be a traceback
+            ssl.create_default_context(cafile=args.broker_tls_ca)
+        except OSError as error:  # ssl.SSLError included
+            raise ConfigError(f"--broker-tls-ca {args.broker_tls_ca}: {error.strerror or error}") from None
+    if broker_is_default and broker.local:
+        return private_auth(broker.port)
+    if args.broker_user is None:
+        return BrokerAuth(tls_ca=args.broker_tls_ca)
+    password = os.environ.get("KVS_BROKER_PASSWORD")
+    if args.broker_password_file is not None:
+        password = read_password(args.broker_password_file, "broker password file")
+    return BrokerAuth(args.broker_user, password, args.broker_tls_ca)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = parse_args(argv)
+    try:
+        settings = parse_args(argv)
+    except ConfigError as error:
+        print(f"server.py: {error}", file=sys.stderr)
+        return 1
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if settings.event_loop == "uvloop":
         return uvloop.run(serve(settings))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import FAILED
-from tests.e2e.harness import KvsServer, Mosquitto, Process
+from tests.e2e.harness import BrokerTls, KvsServer, Mosquitto, Process
 
 
 class Processes:
@@ -31,8 +31,10 @@ class Processes:
             self._broker = self.new_broker()
         return self._broker
 
-    def new_broker(self, port: int | None = None) -> Mosquitto:
-        broker = Mosquitto(self.log_dir, port)
+    def new_broker(
+        self, port: int | None = None, *, users: Mapping[str, str] | None = None, tls: BrokerTls | None = None
+    ) -> Mosquitto:
+        broker = Mosquitto(self.log_dir, port, users=users, tls=tls)
         self.started.append(broker)
         broker.start()
         return broker

@@ -3,14 +3,15 @@ stopping by PID, and the logs of whatever failed."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import pwd
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -96,16 +97,41 @@ class Process:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-class Mosquitto(Process):
-    """A private broker on a free loopback port, configured as kvs's own embedded one."""
+@dataclass(frozen=True)
+class BrokerTls:
+    """The broker's certificate chain and private key (PEM files): its listener speaks MQTT over TLS."""
 
-    def __init__(self, log_dir: Path, port: int | None = None) -> None:
+    cert: Path
+    key: Path
+
+
+class Mosquitto(Process):
+    """A private broker on a free loopback port, configured as kvs's own embedded one.
+
+    By default it lets anyone in. With `users` (name -> password) it accepts only
+    them (mosquitto_passwd); with `tls` its listener speaks TLS only.
+    """
+
+    def __init__(
+        self,
+        log_dir: Path,
+        port: int | None = None,
+        *,
+        users: Mapping[str, str] | None = None,
+        tls: BrokerTls | None = None,
+    ) -> None:
         self.port = port or free_port()
         config = log_dir / f"mosquitto-{self.port}.conf"
-        config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nsys_interval 1\n"
-            "max_queued_messages 100000\npersistence false\n"
-        )
+        lines = [f"listener {self.port} 127.0.0.1", f"allow_anonymous {'false' if users else 'true'}"]
+        if users:
+            lines.append(f"password_file {password_file(log_dir / f'mosquitto-{self.port}.passwd', users)}")
+        if tls:
+            lines += [f"certfile {tls.cert}", f"keyfile {tls.key}"]
+        if users or tls:
+            # As root, mosquitto would become the user `mosquitto`, who cannot read 0600 files.
+            lines.append(f"user {pwd.getpwuid(os.getuid()).pw_name}")
+        lines += ["set_tcp_nodelay true", "sys_interval 1", "max_queued_messages 100000", "persistence false"]
+        config.write_text("".join(f"{line}\n" for line in lines))
         super().__init__(f"mosquitto-{self.port}", [mosquitto_binary(), "-c", str(config)], log_dir)
 
     def start(self) -> None:
@@ -118,11 +144,25 @@ class Mosquitto(Process):
         return f"127.0.0.1:{self.port}"
 
 
-def mosquitto_binary() -> str:
-    for candidate in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
-        if Path(candidate).exists():
-            return candidate
-    return "mosquitto"
+def password_file(path: Path, users: Mapping[str, str]) -> Path:
+    """A mosquitto password file (0600) for `users`, hashed by mosquitto_passwd."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.writelines(f"{user}:{password}\n" for user, password in users.items())
+    subprocess.run([mosquitto_binary("mosquitto_passwd"), "-U", str(path)], check=True, capture_output=True)
+    return path
+
+
+def mosquitto_binary(name: str = "mosquitto") -> str:
+    for directory in ("/usr/sbin", "/usr/local/sbin", "/usr/bin"):
+        if (Path(directory) / name).exists():
+            return str(Path(directory) / name)
+    return name
+
+
+def config_home(log_dir: Path) -> Path:
+    """The XDG_CONFIG_HOME of the servers of one test: kvs keeps its keys in `kvs/` under it."""
+    return log_dir / "config"
 
 
 class KvsServer(Process):
@@ -147,6 +187,9 @@ class KvsServer(Process):
             name,
             *extra,
         ]
+        # The cluster key and the private broker's password go to the test's own
+        # config directory, never to the real ~/.config (kvs.keys).
+        env = {"XDG_CONFIG_HOME": str(config_home(log_dir)), **(env or {})}
         super().__init__(name, argv, log_dir, env)
         self._channel: grpc.Channel | None = None
 
@@ -229,9 +272,12 @@ def converged(servers: Sequence[KvsServer], timeout: float = 30.0) -> list[repli
 
 
 def cluster_key(processes: object) -> bytes:
-    """The cluster key the test's servers use (a member's; tests forge with others)."""
+    """The cluster key the test's servers use (a member's; tests forge with others).
+
+    The first server of the test created it under the test's XDG_CONFIG_HOME."""
     cluster: str = processes.cluster  # type: ignore[attr-defined]
-    return hashlib.sha256(cluster.encode()).digest()  # TEMP: until kvs.keys lands
+    log_dir: Path = processes.log_dir  # type: ignore[attr-defined]
+    return (config_home(log_dir) / "kvs" / f"{cluster}.key").read_bytes()
 
 
 def run_admin(*args: str) -> subprocess.CompletedProcess[str]:
