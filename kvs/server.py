@@ -29,16 +29,16 @@ from kvs.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from kvs.admin import Admin
 from kvs.broker import Address, EmbeddedBroker
 from kvs.errors import BrokerUnreachable
+from kvs.limits import MAX_REQUEST_BYTES
 from kvs.replication import Replicator
 from kvs.service import SERVICE_NAME, KeyValueStore, Publish
 from kvs.store import Store, Version
+from kvs.tls import ServerTls, TlsError
 
 log = logging.getLogger("kvs.server")
 
 DEFAULT_PORT = 40000
 DEFAULT_BROKER = "localhost:1883"
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-"""The largest request a server accepts; a larger one gets RESOURCE_EXHAUSTED."""
 
 
 def now_ms() -> Version:
@@ -57,17 +57,26 @@ class Settings:
     broker_is_default: bool  # no --broker: a private mosquitto may be started (kvs.broker)
     sync_interval: float
     event_loop: str  # "uvloop" or "asyncio"
+    tls: ServerTls | None = None  # --tls-cert, --tls-key, --tls-client-ca
 
 
 class Server:
     """One gRPC server over one store: construct, `start()` (returns the port), `stop()`."""
 
-    def __init__(self, store: Store, publish: Publish, address: str, admin: Admin | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        publish: Publish,
+        address: str,
+        admin: Admin | None = None,
+        tls: ServerTls | None = None,
+    ) -> None:
         self.ready = asyncio.Event()
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs predate .aio
         self._grpc = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                # Below the clients' receive limit by a reply's overhead (kvs.limits).
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 # Without this, a second server on a taken port would start silently.
                 ("grpc.so_reuseport", 0),
             ]
@@ -86,11 +95,15 @@ class Server:
             services.append(ADMIN_SERVICE_NAME)
         reflection.enable_server_reflection(services, self._grpc)
         self._address = address
+        self._tls = tls
 
     async def start(self) -> int:
         """Listens (NOT_SERVING until `serving()`) and returns the bound port."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        port = self._grpc.add_insecure_port(self._address)
+        if self._tls:  # TLS only: health and reflection included, on the same port
+            port = self._grpc.add_secure_port(self._address, self._tls.credentials())
+        else:
+            port = self._grpc.add_insecure_port(self._address)
         await self._grpc.start()
         return port
 
@@ -122,14 +135,21 @@ async def serve(settings: Settings) -> int:
     replicator = Replicator(
         store, settings.cluster, settings.node_id, settings.broker, settings.sync_interval
     )
-    server = Server(store, replicator.publish, f"{settings.listen}:{settings.port}", Admin(store, replicator))
+    address = f"{settings.listen}:{settings.port}"
+    server = Server(store, replicator.publish, address, Admin(store, replicator), settings.tls)
     try:
         port = await server.start()
     except RuntimeError as error:
         log.error("cannot listen on %s:%s (%s): is the port in use?", settings.listen, settings.port, error)
         return 1
+    security = "" if not settings.tls else " over mutual TLS" if settings.tls.client_ca else " over TLS"
     log.info(
-        "listening on %s:%d as %s in cluster %s", settings.listen, port, settings.node_id, settings.cluster
+        "listening on %s:%d%s as %s in cluster %s",
+        settings.listen,
+        port,
+        security,
+        settings.node_id,
+        settings.cluster,
     )
 
     embedded = None
@@ -181,6 +201,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
                         help="seconds between anti-entropy rounds (5)")  # fmt: skip
     parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
                         help="uvloop (faster, docs/performance.md) or asyncio's own")  # fmt: skip
+    parser.add_argument("--tls-cert", metavar="PATH", help="serve TLS only, with this PEM certificate chain")
+    parser.add_argument("--tls-key", metavar="PATH", help="the PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", metavar="PATH",
+                        help="require client certificates signed by this PEM CA (mutual TLS)")  # fmt: skip
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--porta must be between 0 and 65535, not {args.port}")
@@ -195,6 +219,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         broker = Address.parse(text)
     except ValueError as error:
         parser.error(str(error))
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_client_ca:
+        if not (args.tls_cert and args.tls_key):
+            parser.error("--tls-cert and --tls-key go together (and --tls-client-ca needs them)")
+        try:
+            tls = ServerTls.from_files(args.tls_cert, args.tls_key, args.tls_client_ca)
+        except TlsError as error:
+            parser.exit(1, f"server.py: error: {error}\n")
     return Settings(
         port=args.port,
         listen=args.listen,
@@ -204,6 +236,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         broker_is_default=args.broker is None,
         sync_interval=args.sync_interval,
         event_loop=args.event_loop,
+        tls=tls,
     )
 
 
