@@ -143,13 +143,13 @@ def _unavailable(details: str, target: str, tls: ClientTls | None) -> str:
         # The server hung up on a connection it had accepted: a TLS server that
         # got plaintext, or a mutual-TLS server that got no certificate it trusts.
         if tls is None:
-            return f"{target} closed the connection: does it speak TLS? (then pass --tls-ca) ({details})"
+            return f"{target} closed the connection: does it speak TLS? (then pass --tls-ca)"
         if tls.cert is None:
             return (
                 f"{target} closed the TLS connection: does it require a client certificate? "
-                f"(then pass --tls-cert and --tls-key) ({details})"
+                "(then pass --tls-cert and --tls-key)"
             )
-        return f"{target} closed the TLS connection: does it trust this client certificate? ({details})"
+        return f"{target} closed the TLS connection: does it trust this client certificate?"
     return f"cannot reach a kvs server at {target}: is it running? ({details})"
 
 
