@@ -19,22 +19,10 @@ from kvs._gen import kvs_pb2_grpc
 from kvs.channel import channel_options, open_channel
 from kvs.limits import MAX_REPLY_BYTES, MAX_REQUEST_BYTES
 from tests.integration.conftest import Running
+from tests.sizes import request_of_size
 
 LAST_VERSION = 253402300799999
 """The last millisecond of year 9999: no version is larger (SPEC section 5)."""
-
-
-def request_of_size(size: int, where: str) -> pb.KeyValueRequest:
-    """A Put request of exactly `size` encoded bytes, all of them in the key or in the value."""
-    fixed = pb.KeyValueRequest(key="v").ByteSize() if where == "value" else 0
-    length = size - fixed - 5  # 1 tag byte and a 4-byte length varint for 2^21 <= length < 2^28
-    request = (
-        pb.KeyValueRequest(key="k" * length)
-        if where == "key"
-        else pb.KeyValueRequest(key="v", val="x" * length)
-    )
-    assert request.ByteSize() == size
-    return request
 
 
 @pytest.fixture
