@@ -137,6 +137,11 @@ def _unavailable(details: str, target: str, tls: ClientTls | None) -> str:
             f"TLS handshake with {target} failed: its certificate is not signed by the CA of --tls-ca "
             f"(CERTIFICATE_VERIFY_FAILED: {reason})"
         )
+    if "Hostname Verification" in details:
+        return (
+            f"TLS handshake with {target} failed: its certificate does not name the host dialled "
+            "(make it for every name and address clients use)"
+        )
     if "andshake" in details:
         return f"TLS handshake with {target} failed ({details})"
     if "Socket closed" in details or "Connection reset" in details:
