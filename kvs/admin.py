@@ -20,9 +20,12 @@ import grpc
 
 from kvs._gen import replication_pb2 as pb
 from kvs._gen import replication_pb2_grpc as pb_grpc
+from kvs.api import KvsClientError
+from kvs.channel import open_channel
 from kvs.codec import fields
 from kvs.replication import Replicator
 from kvs.store import Fragment, Store
+from kvs.tls import ClientTls, TlsError
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Admin"].full_name
 WATCH_BACKLOG = 10_000
@@ -109,31 +112,61 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="admin.sh", description="Inspects the replicas of kvs servers.")
     parser.add_argument("command", choices=["status", "dump", "compare", "watch"])
     parser.add_argument("servers", nargs="*", default=["40000"], help="PORT or HOST:PORT (40000)")
+    parser.add_argument("--tls-ca", metavar="PATH", help="connect with TLS, trusting this PEM CA")
+    parser.add_argument("--tls-cert", metavar="PATH", help="client certificate (PEM), for mutual TLS")
+    parser.add_argument("--tls-key", metavar="PATH", help="the PEM private key of --tls-cert")
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
     servers = [f"localhost:{server}" if server.isdigit() else server for server in args.servers]
     try:
-        channels = [grpc.insecure_channel(server) for server in servers]
-        if args.command == "status":
-            for channel in channels:
-                print(json.dumps(status_of(channel), ensure_ascii=False))
-        elif args.command == "dump":
-            for channel in channels:
-                for line in dump_of(channel):
-                    print(json.dumps(line, ensure_ascii=False))
-        elif args.command == "watch":
-            for applied in pb_grpc.AdminStub(channels[0]).Watch(pb.WatchRequest()):
-                print(
-                    json.dumps({"origin": applied.origin, "keys": list(applied.keys)}, ensure_ascii=False),
-                    flush=True,
-                )
-        else:
-            return compare([dump_of(channel) for channel in channels], servers)
-    except grpc.RpcError as error:
-        print(f"admin.sh: error: {error.code().name}: {error.details()}", file=sys.stderr)
+        tls = None
+        if args.tls_ca is not None or args.tls_cert is not None:
+            tls = ClientTls.from_files(args.tls_ca, args.tls_cert, args.tls_key)
+    except TlsError as error:
+        print(f"admin.sh: error: {error}", file=sys.stderr)
+        return 1
+    channels = {server: open_channel(server, tls) for server in servers}
+    try:
+        return run(args.command, channels)
+    except CallFailed as failed:
+        print(f"admin.sh: error: {KvsClientError.of(failed.error, failed.server, tls)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
+    finally:
+        for channel in channels.values():
+            channel.close()
+
+
+class CallFailed(Exception):
+    """A call to one server failed; says which."""
+
+    def __init__(self, server: str, error: grpc.RpcError) -> None:
+        super().__init__(server)
+        self.server = server
+        self.error = error
+
+
+def run(command: str, channels: dict[str, grpc.Channel]) -> int:
+    results: list[list[dict[str, object]]] = []
+    for server, channel in channels.items():
+        try:
+            if command == "status":
+                print(json.dumps(status_of(channel), ensure_ascii=False))
+            elif command == "dump":
+                for line in dump_of(channel):
+                    print(json.dumps(line, ensure_ascii=False))
+            elif command == "watch":
+                for applied in pb_grpc.AdminStub(channel).Watch(pb.WatchRequest()):
+                    line = {"origin": applied.origin, "keys": list(applied.keys)}
+                    print(json.dumps(line, ensure_ascii=False), flush=True)
+                return 0  # the first server only
+            else:
+                results.append(dump_of(channel))
+        except grpc.RpcError as error:
+            raise CallFailed(server, error) from None
+    return compare(results, list(channels)) if command == "compare" else 0
 
 
 def compare(dumps: list[list[dict[str, object]]], servers: list[str]) -> int:

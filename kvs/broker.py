@@ -58,15 +58,11 @@ USER: Final = "kvs"
 # the user `mosquitto`, who cannot read the 0600 password file.
 CONFIG = """\
 listener {port} 127.0.0.1
-<<<<<<< HEAD
-allow_anonymous true
-sys_interval 1
-=======
 allow_anonymous false
 password_file {home}/passwd
 acl_file {home}/acl
 user {system_user}
->>>>>>> b-broker-security
+sys_interval 1
 set_tcp_nodelay true
 max_queued_messages 100000
 persistence false

@@ -1,5 +1,8 @@
-"""The kvs command-line client (SPEC section 4). Its flags stay in Portuguese
-on purpose: scripts written for the original client keep working.
+"""The kvs command-line client (SPEC section 4), on top of kvs.Client (kvs/api.py).
+
+Its flags and its help are the seed client's, in Portuguese, word for word:
+scripts and course material written for the original client keep working.
+What it prints (replies and errors) is in English, as the rest of kvs.
 
     ./client.sh put --chave abc --valor zyx
     ./client.sh get --chave abc [--versao V]
@@ -7,28 +10,31 @@ on purpose: scripts written for the original client keep working.
     ./client.sh getall --chave K1 K2 ... [--versao V1 V2 ...]
     ./client.sh putall --chave K1 K2 --valor V1 V2
     ./client.sh del|trim --chave K;  delrange --chave FROM TO;  delall --chave K1 K2 ...
+    ./client.sh --tls-ca CA.pem [--tls-cert CERT.pem --tls-key KEY.pem] get --chave abc
 
 Exit status: 0 done, 1 the server refused or could not be reached, 2 usage error.
 """
 
 from __future__ import annotations
 
+import os
+
+# gRPC's C core logs TLS handshake failures on stderr by itself; this client says
+# each failure in one line of its own. Set before gRPC is loaded (by kvs.api).
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import grpc
-
-from kvs._gen import kvs_pb2 as pb
-from kvs._gen import kvs_pb2_grpc
+from kvs.api import Client, KeyValue, KvsClientError, Status, Written
+from kvs.tls import ClientTls, TlsError
 
 DEFAULT_PORT = 40000
 INT64 = range(-(2**63), 2**63)
-
-Reply = pb.KeyValueVersionReply | pb.PutReply
 
 
 @dataclass(frozen=True)
@@ -54,36 +60,55 @@ SHAPES = {
 
 
 # The seed client's usage lines, kept verbatim (scripts and course material show
-# them), plus one line for the options this client added.
+# them), plus two lines for the options this client added.
 USAGE = (
     "client.py [-h] [--porta [PORTA]] --chave CHAVE [CHAVE ...] [--valor VALOR [VALOR ...]] "
     "[--versao VERSAO [VERSAO ...]]\n"
     "                 {get,getrange,getall,put,putall,del,delrange,delall,trim}\n"
-    "                 [--host HOST] [--json] [--timeout TIMEOUT]"
+    "                 [--host HOST] [--json] [--timeout TIMEOUT]\n"
+    "                 [--tls-ca PATH] [--tls-cert PATH --tls-key PATH]"
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The seed's help text, word for word; the options kvs added say theirs in the same voice.
+    # RawTextHelpFormatter: no rewrapping, so each line reads the same at any terminal width.
     parser = argparse.ArgumentParser(
         prog="client.py",
         usage=USAGE,
-        description="Calls a kvs server. Versions (--versao) are milliseconds since the Unix epoch.",
-        epilog="Del, delrange, delall and trim accept --versao like get, getrange and getall, and ignore it.",
+        description="Cliente de acesso ao sistema de armazenamento Chave-Valor Versionado.",
+        epilog="Versões são milissegundos desde 1970 (época Unix) no servidor que aceitou a escrita.\n"
+        "del, delrange, delall e trim aceitam --versao como get, getrange e getall, e a ignoram.",
+        formatter_class=argparse.RawTextHelpFormatter,
     )
     parser.add_argument("--porta", nargs="?", type=int, default=DEFAULT_PORT, const=DEFAULT_PORT,
-                        help=f"server port ({DEFAULT_PORT})")  # fmt: skip
-    parser.add_argument("--chave", nargs="+", required=True, help="key(s): one, two (range) or several")
-    parser.add_argument("--valor", nargs="+", help="value(s) for put and putall, one per key")
+                        help="Porta do servidor para conexão.")  # fmt: skip
     parser.add_argument(
-        "--versao",
-        nargs="+",
-        type=int,
-        help="read at: one version (get), up to two (getrange), one per key (getall)",
+        "--chave", nargs="+", required=True, help="Chave(s) na(s) qual(is) a operação será aplicada."
     )
-    parser.add_argument("--host", default="localhost", help="server host (localhost)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per reply")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server (10)")
-    parser.add_argument("operation", choices=list(SHAPES))
+    parser.add_argument("--valor", nargs="+", help="Novo(s) Valor(es) para a(s) chave(s) especificada(s).")
+    parser.add_argument(
+        "--versao", nargs="+", type=int, help="Versão(ões) da(s) chave(s) especificada(s) que se deseja."
+    )
+    parser.add_argument("--host", default="localhost", help="Máquina do servidor para conexão (localhost).")
+    parser.add_argument(
+        "--json", action="store_true", help="Imprime cada resposta como um objeto JSON por linha."
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="Segundos de espera pela resposta do servidor (10)."
+    )
+    parser.add_argument(
+        "--tls-ca",
+        metavar="PATH",
+        help="Certificado (PEM) da autoridade que assina o do servidor; conecta com TLS.",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        metavar="PATH",
+        help="Certificado (PEM) do cliente, para servidores que exigem TLS mútuo.",
+    )
+    parser.add_argument("--tls-key", metavar="PATH", help="Chave privada (PEM) do certificado do cliente.")
+    parser.add_argument("operation", choices=list(SHAPES), help="Operação a ser realizada.")
     return parser
 
 
@@ -113,44 +138,42 @@ def usage_problem(args: argparse.Namespace) -> str | None:
         return "--versao must fit in a signed 64-bit integer"
     if args.porta not in range(1, 65536):
         return f"--porta must be between 1 and 65535 (got {args.porta})"
+    if (args.tls_cert is None) != (args.tls_key is None):
+        return "--tls-cert and --tls-key go together (the client's certificate and its key)"
     return None
 
 
-def requests_of(args: argparse.Namespace) -> list[pb.KeyRequest]:
-    versions = args.versao or []
-    return [
-        pb.KeyRequest(key=key, ver=versions[i]) if i < len(versions) else pb.KeyRequest(key=key)
-        for i, key in enumerate(args.chave)
-    ]
-
-
-def call(stub: kvs_pb2_grpc.KeyValueStoreStub, args: argparse.Namespace) -> Iterable[Reply]:
-    """Makes the call the arguments ask for; replies come back as they arrive."""
-    op, timeout = args.operation, args.timeout
-    keys = requests_of(args)
-    if op in ("getrange", "delrange"):
-        ranged = stub.GetRange if op == "getrange" else stub.DelRange
-        return ranged(pb.KeyRange(fr=keys[0], to=keys[1]), timeout=timeout)
-    if op in ("put", "putall"):
-        writes = [pb.KeyValueRequest(key=k, val=v) for k, v in zip(args.chave, args.valor, strict=True)]
-        return (
-            stub.PutAll(iter(writes), timeout=timeout)
-            if op == "putall"
-            else [stub.Put(writes[0], timeout=timeout)]
-        )
-    if op in ("getall", "delall"):
-        streamed = stub.GetAll if op == "getall" else stub.DelAll
-        return streamed(iter(keys), timeout=timeout)
-    unary = {"get": stub.Get, "del": stub.Del, "trim": stub.Trim}[op]
-    return [unary(keys[0], timeout=timeout)]
-
-
-def echoed_version(args: argparse.Namespace) -> int | None:
-    """The version a "nothing at or before it" reply echoes: the one the call reads at."""
+def read_version(args: argparse.Namespace) -> int | None:
+    """The version a read is made at: the largest --versao given (SPEC: blank ones do not count)."""
     versions: list[int] = [v for v in args.versao or [] if v > 0]
     if args.operation in ("get", "getrange", "getall") and versions:
         return max(versions)
     return None
+
+
+Result = KeyValue | Written
+
+
+def call(client: Client, args: argparse.Namespace) -> list[Result]:
+    """Makes the call the arguments ask for (del, delrange, delall and trim ignore --versao)."""
+    op, keys, at = args.operation, args.chave, read_version(args)
+    if op == "get":
+        return [client.get(keys[0], at)]
+    if op == "getrange":
+        return list(client.get_range(keys[0], keys[1], at))
+    if op == "getall":
+        return list(client.get_all(keys, at))
+    if op == "put":
+        return [client.put(keys[0], args.valor[0])]
+    if op == "putall":
+        return list(client.put_all(zip(keys, args.valor, strict=True)))
+    if op == "del":
+        return [client.delete(keys[0])]
+    if op == "delrange":
+        return list(client.delete_range(keys[0], keys[1]))
+    if op == "delall":
+        return list(client.delete_all(keys))
+    return [client.trim(keys[0])]
 
 
 def quoted(text: str) -> str:
@@ -166,27 +189,30 @@ def version_text(ver: int) -> str:
     return f"version {ver} ({moment} UTC)"
 
 
-def readable(reply: Reply, echoed: int | None) -> str:
+def readable(result: Result) -> str:
     """One line a person can read; keys and values are quoted so that any text shows plainly."""
-    if isinstance(reply, pb.PutReply):
+    if isinstance(result, Written):
         before = (
-            f"replaced {quoted(reply.old_val)}, {version_text(reply.old_ver)}" if reply.old_ver else "new key"
+            "new key"
+            if result.created
+            else f"replaced {quoted(result.old_val)}, {version_text(result.old_ver)}"
         )
-        return f"{quoted(reply.key)} written at {version_text(reply.ver)}; {before}"
-    if reply.ver == 0:
-        return f"{quoted(reply.key)} not found"
-    if reply.ver == echoed and not reply.val:
-        return f"{quoted(reply.key)} has no version at or before {reply.ver}"
-    return f"{quoted(reply.key)} = {quoted(reply.val)} at {version_text(reply.ver)}"
+        return f"{quoted(result.key)} written at {version_text(result.ver)}; {before}"
+    if result.status is Status.NO_KEY:
+        return f"{quoted(result.key)} not found"
+    if result.status is Status.NOT_AT_VERSION:
+        return f"{quoted(result.key)} has no version at or before {result.ver}"
+    return f"{quoted(result.key)} = {quoted(result.val)} at {version_text(result.ver)}"
 
 
-def as_json(reply: Reply) -> str:
-    if isinstance(reply, pb.PutReply):
+def as_json(result: Result) -> str:
+    """The reply's raw fields, as on the wire (SPEC section 1)."""
+    if isinstance(result, Written):
         fields: dict[str, object] = {
-            "key": reply.key, "old_val": reply.old_val, "old_ver": reply.old_ver, "ver": reply.ver,
+            "key": result.key, "old_val": result.old_val, "old_ver": result.old_ver, "ver": result.ver,
         }  # fmt: skip
     else:
-        fields = {"key": reply.key, "val": reply.val, "ver": reply.ver}
+        fields = {"key": result.key, "val": result.val, "ver": result.ver}
     return json.dumps(fields, ensure_ascii=False)
 
 
@@ -196,33 +222,33 @@ def address_of(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+def tls_of(args: argparse.Namespace) -> ClientTls | None:
+    if args.tls_ca is None and args.tls_cert is None:
+        return None
+    return ClientTls.from_files(args.tls_ca, args.tls_cert, args.tls_key)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     problem = usage_problem(args)
     if problem:
         parser.error(problem)
-    address = address_of(args.host, args.porta)
-    with grpc.insecure_channel(address) as channel:
-        stub = kvs_pb2_grpc.KeyValueStoreStub(channel)
-        try:
-            echoed = echoed_version(args)
-            for reply in call(stub, args):
-                print(as_json(reply) if args.json else readable(reply, echoed), flush=True)
-        except grpc.RpcError as error:
-            print(f"client.py: error: {describe(error, address)}", file=sys.stderr)
-            return 1
+    show = as_json if args.json else readable
+    try:
+        tls = tls_of(args)
+        with Client(address_of(args.host, args.porta), tls=tls, timeout=args.timeout) as client:
+            for result in call(client, args):
+                print(show(result), flush=True)
+    except KvsClientError as error:
+        for result in error.partial:  # a stream that failed part-way applied these
+            print(show(result), flush=True)
+        print(f"client.py: error: {error}", file=sys.stderr)
+        return 1
+    except TlsError as error:
+        print(f"client.py: error: {error}", file=sys.stderr)
+        return 1
     return 0
-
-
-def describe(error: grpc.RpcError, address: str) -> str:
-    code = error.code()
-    details = error.details() or ""
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return f"cannot reach a kvs server at {address}: is it running? ({details})"
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return f"no answer from {address} in time (is the server still catching up?)"
-    return f"{code.name}: {details}"
 
 
 if __name__ == "__main__":

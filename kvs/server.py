@@ -32,17 +32,17 @@ from kvs.admin import Admin
 from kvs.broker import Address, BrokerAuth, EmbeddedBroker, private_auth, private_password_path
 from kvs.errors import BrokerRefused, BrokerUnreachable, ConfigError
 from kvs.keys import load_cluster_key, read_password
+from kvs.limits import MAX_REQUEST_BYTES
 from kvs.replicated import ReplicatedStore
 from kvs.replication import Replicator
 from kvs.service import SERVICE_NAME, KeyValueStore
 from kvs.store import Store, Version
+from kvs.tls import ServerTls, TlsError
 
 log = logging.getLogger("kvs.server")
 
 DEFAULT_PORT = 40000
 DEFAULT_BROKER = "localhost:1883"
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-"""The largest request a server accepts; a larger one gets RESOURCE_EXHAUSTED."""
 
 
 def now_ms() -> Version:
@@ -63,17 +63,21 @@ class Settings:
     event_loop: str  # "uvloop" or "asyncio"
     cluster_key: bytes  # 32 bytes (kvs.keys)
     broker_auth: BrokerAuth  # credentials and TLS; the private broker's own when it is used
+    tls: ServerTls | None = None  # --tls-cert, --tls-key, --tls-client-ca
 
 
 class Server:
     """One gRPC server over one store: construct, `start()` (returns the port), `stop()`."""
 
-    def __init__(self, store: ReplicatedStore, address: str, admin: Admin | None = None) -> None:
+    def __init__(
+        self, store: ReplicatedStore, address: str, admin: Admin | None = None, tls: ServerTls | None = None
+    ) -> None:
         self.ready = asyncio.Event()
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs predate .aio
         self._grpc = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                # Below the clients' receive limit by a reply's overhead (kvs.limits).
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 # Without this, a second server on a taken port would start silently.
                 ("grpc.so_reuseport", 0),
             ]
@@ -90,11 +94,15 @@ class Server:
             services.append(ADMIN_SERVICE_NAME)
         reflection.enable_server_reflection(services, self._grpc)
         self._address = address
+        self._tls = tls
 
     async def start(self) -> int:
         """Listens (NOT_SERVING until `serving()`) and returns the bound port."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        port = self._grpc.add_insecure_port(self._address)
+        if self._tls:  # TLS only: health and reflection included, on the same port
+            port = self._grpc.add_secure_port(self._address, self._tls.credentials())
+        else:
+            port = self._grpc.add_insecure_port(self._address)
         await self._grpc.start()
         return port
 
@@ -160,6 +168,7 @@ async def serve(settings: Settings) -> int:
         ReplicatedStore(store, replicator.publish),
         f"{settings.listen}:{settings.port}",
         Admin(store, replicator),
+        settings.tls,
     )
     try:
         port = await server.start()
@@ -168,8 +177,14 @@ async def serve(settings: Settings) -> int:
         if embedded:
             await asyncio.to_thread(embedded.release)
         return 1
+    security = "" if not settings.tls else " over mutual TLS" if settings.tls.client_ca else " over TLS"
     log.info(
-        "listening on %s:%d as %s in cluster %s", settings.listen, port, settings.node_id, settings.cluster
+        "listening on %s:%d%s as %s in cluster %s",
+        settings.listen,
+        port,
+        security,
+        settings.node_id,
+        settings.cluster,
     )
 
     try:
@@ -240,6 +255,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         metavar="PATH",
         help="connect with TLS, verifying the broker with this CA",
     )
+    parser.add_argument("--tls-cert", metavar="PATH", help="serve TLS only, with this PEM certificate chain")
+    parser.add_argument("--tls-key", metavar="PATH", help="the PEM private key of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca", metavar="PATH", help="require client certificates signed by this CA (mutual TLS)"
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--porta must be between 0 and 65535, not {args.port}")
@@ -257,6 +277,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     if args.broker_password_file and not args.broker_user:
         parser.error("--broker-password-file needs --broker-user")
     broker_is_default = args.broker is None and args.broker_user is None and args.broker_tls_ca is None
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_client_ca:
+        if not (args.tls_cert and args.tls_key):
+            parser.error("--tls-cert and --tls-key go together (and --tls-client-ca needs them)")
+        try:
+            tls = ServerTls.from_files(args.tls_cert, args.tls_key, args.tls_client_ca)
+        except TlsError as error:
+            parser.exit(1, f"server.py: error: {error}\n")
     return Settings(
         port=args.port,
         listen=args.listen,
@@ -268,6 +296,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         event_loop=args.event_loop,
         cluster_key=load_cluster_key(args.cluster_key_file, args.cluster),
         broker_auth=_broker_auth(args, broker, broker_is_default),
+        tls=tls,
     )
 
 

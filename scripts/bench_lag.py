@@ -25,6 +25,7 @@ from kvs._gen import kvs_pb2 as pb
 from kvs._gen import kvs_pb2_grpc as pb_grpc
 from kvs._gen import replication_pb2 as rpb
 from kvs._gen import replication_pb2_grpc as rpb_grpc
+from kvs.channel import open_channel
 
 
 def write(stub: pb_grpc.KeyValueStoreStub, rate: float, count: int, prefix: str) -> list[float]:
@@ -54,7 +55,7 @@ def watch(channel: grpc.Channel, count: int, prefix: str) -> list[float]:
 
 def main() -> None:
     mode, address = sys.argv[1], sys.argv[2]
-    channel = grpc.insecure_channel(address)
+    channel = open_channel(address)
     stub = pb_grpc.KeyValueStoreStub(channel)
     stub.Get(pb.KeyRequest(key="warm"), wait_for_ready=True, timeout=10)
     if mode == "write":

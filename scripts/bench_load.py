@@ -19,10 +19,9 @@ import json
 import sys
 import time
 
-import grpc
-
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import kvs_pb2_grpc as pb_grpc
+from kvs.channel import open_aio_channel
 
 VALUE = "v" * 100
 WARMUP = 0.5
@@ -89,7 +88,7 @@ async def fill(
 async def main() -> None:
     address, mode, concurrency, amount = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     prefix = sys.argv[5] if len(sys.argv) > 5 else "k"
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_aio_channel(address) as channel:
         stub = pb_grpc.KeyValueStoreStub(channel)
         await stub.Get(pb.KeyRequest(key="warm"), wait_for_ready=True)
         if mode == "fill":

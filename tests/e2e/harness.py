@@ -19,6 +19,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvs._gen import kvs_pb2_grpc, replication_pb2, replication_pb2_grpc
+from kvs.channel import open_channel
+from kvs.tls import ClientTls
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -192,6 +194,8 @@ class KvsServer(Process):
         env = {"XDG_CONFIG_HOME": str(config_home(log_dir)), **(env or {})}
         super().__init__(name, argv, log_dir, env)
         self._channel: grpc.Channel | None = None
+        self.tls: ClientTls | None = None
+        """What `channel` uses: set it for a server started with --tls-cert (before the first call)."""
 
     @property
     def channel(self) -> grpc.Channel:
@@ -200,7 +204,7 @@ class KvsServer(Process):
             # would otherwise wait a second or more before trying again.
             options = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.max_reconnect_backoff_ms", 100),
                        ("grpc.min_reconnect_backoff_ms", 20)]  # fmt: skip
-            self._channel = grpc.insecure_channel(f"127.0.0.1:{self.port}", options=options)
+            self._channel = open_channel(f"127.0.0.1:{self.port}", self.tls, options=options)
         return self._channel
 
     @property

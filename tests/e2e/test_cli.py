@@ -107,8 +107,22 @@ def test_help_shows_the_seed_usage_lines() -> None:
         "[--versao VERSAO [VERSAO ...]]\n"
         "                 {get,getrange,getall,put,putall,del,delrange,delall,trim}\n"
     )
-    for option in ("--porta", "--chave", "--valor", "--versao", "--host", "--json"):
+    for option in ("--porta", "--chave", "--valor", "--versao", "--host", "--json", "--timeout", "--tls-ca"):
         assert option in out
+
+
+def test_help_is_the_seed_help_word_for_word() -> None:
+    lines = [line.strip() for line in run_client("-h").stdout.splitlines()]
+    assert "Cliente de acesso ao sistema de armazenamento Chave-Valor Versionado." in lines
+    for option, text in [
+        ("", "Operação a ser realizada."),
+        ("--porta [PORTA]", "Porta do servidor para conexão."),
+        ("", "Chave(s) na(s) qual(is) a operação será aplicada."),
+        ("", "Novo(s) Valor(es) para a(s) chave(s) especificada(s)."),
+        ("", "Versão(ões) da(s) chave(s) especificada(s) que se deseja."),
+    ]:
+        # Short options share the line with their help; long ones have it on the next line.
+        assert any(line == text or line.split() == [*option.split(), *text.split()] for line in lines), text
 
 
 def test_an_unreachable_server_is_one_line_and_exit_1() -> None:

@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from kvs._gen import kvs_pb2_grpc
+from kvs.channel import open_channel
 from kvs.replicated import ReplicatedStore
 from kvs.server import Server
 from kvs.store import Fragment, Store
@@ -60,7 +61,7 @@ def start_server(loop: asyncio.AbstractEventLoop, serving: bool = True) -> Runni
         return server, port
 
     server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel = open_channel(f"127.0.0.1:{port}")
     stub = kvs_pb2_grpc.KeyValueStoreStub(channel)
     return Running(port, stub, channel, clock, server, loop, published)
 
