@@ -52,7 +52,7 @@ LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 USER: Final = "kvs"
 """The one user of the private broker."""
 
-# What every broker kvs starts is set to (see MEASURED.md): Nagle off, a queue
+# What every broker kvs starts is set to (docs/performance.md): Nagle off, a queue
 # long enough that a busy subscriber is not dropped from, nothing on disk. And
 # no anonymous clients. `user`: run as root, mosquitto would otherwise become
 # the user `mosquitto`, who cannot read the 0600 password file.
