@@ -16,7 +16,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
-from kvs.codec import Digest, Message
+from kvs.codec import Digest, Message, Transfer
+from kvs.store import BUCKETS
 
 WINDOW: Final = 1024
 """Counters below a peer's highest by less than this are checked one by one for replays."""
@@ -41,6 +42,40 @@ class Peer:
     sending: bool = False  # a transfer to it is in flight
     pending: Digest | None = None  # a request that came while sending
     digests: tuple[Digests, Digests] | None = None  # its last periodic digest, and ours then
+
+    def batches_up_to(self, seq: int, received: bool) -> bool:
+        """Batch `seq` arrived (or, not `received`, a digest says it was the last sent); True when
+        a number was skipped, that is, a batch was lost."""
+        expected = self.next_batch
+        self.next_batch = max(expected, seq + 1)
+        return bool(expected) and (seq > expected if received else seq >= expected)
+
+    def part_received(self, transfer: Transfer) -> bool | None:
+        """Counts a transfer's part; at its last part, whether every part came (else None)."""
+        transfer_id, parts = self.incoming
+        self.incoming = (transfer.id, parts + 1 if transfer_id == transfer.id else 1)
+        if not transfer.last:
+            return None
+        complete, self.incoming = self.incoming[1] == transfer.parts, (0, 0)
+        return complete
+
+    def stuck(self, theirs: Digests, ours: Digests) -> frozenset[int]:
+        """Records a periodic digest; the buckets that differed the same way in this one and the last.
+
+        Under writes, digests differ because of messages in flight; a bucket that differs
+        the same way twice in a row is one the messages missed."""
+        previous, self.digests = self.digests, (theirs, ours)
+        if previous is None:
+            return frozenset()
+        before = previous
+        return frozenset(
+            b for b in differing(ours, theirs) if before[0][b] == theirs[b] and before[1][b] == ours[b]
+        )
+
+
+def differing(ours: Digests, theirs: Digests) -> frozenset[int]:
+    """The buckets whose hashes differ."""
+    return frozenset(b for b in range(BUCKETS) if ours[b] != theirs[b])
 
 
 class Peers(dict[str, Peer]):

@@ -3,49 +3,45 @@ lost-batch detection, digest comparison, and which state to send to whom.
 
 Like h11's `Connection`, `Sync` is fed what happened (a decoded message, the
 broker connection coming or going, the clock ticking) with the current time
-and this server's digest, and returns `Action`s for the adapter to carry out
-(kvs/replication.py): publish this, send that state, apply those fragments,
-start serving. It never reads a clock, a socket or a random number, so the
-rules below are tested in microseconds, and a simulated broker that drops,
-duplicates, reorders and restarts checks them over thousands of schedules
-(tests/unit/test_sync_simulation.py). docs/replication.md walks through an
+and this server's digest, and returns `Action`s (kvs/actions.py) for the
+adapter (kvs/replication.py) to carry out. It never reads a clock, a socket or
+a random number, so each rule has a unit test (tests/unit/test_sync.py), and a
+simulated broker that drops, duplicates, reorders and restarts checks the
+guarantees over many schedules (tests/sim.py). docs/replication.md has an
 example.
 
-The rules:
+The rules (docs/replication.md has them at length, with a worked example):
 
-- **Only members count.** Messages reach the core only once the codec has
-  checked their tag. Each peer's (epoch, counter) pairs are remembered in a
-  sliding window, so a replayed message is dropped; a peer that leaves (or is
-  silent for FORGET_ROUNDS intervals) is forgotten, keeping state bounded.
-- **Joining.** A server serves once every peer it saw present has answered its
-  request with a complete transfer, and not before the broker has been up for
-  SETTLE seconds: a broker that restarted lost its retained presences, and
-  the peers need that long to reconnect and publish them again.
-- **Lost batches.** Batches carry a per-epoch sequence number, and digests the
-  last one sent. A receiver that sees a number skipped asks that peer for the
-  buckets that differ, at once, whatever the write load (guarantee 6).
-- **Everything else** that diverges (a lost transfer, say) is found by
-  periodic digests: a bucket that differs the same way in two digests in a
-  row is repaired by the peer with the smaller id, both ways.
-- **Bounded answers.** At most one transfer to a peer is in flight; a request
-  that arrives meanwhile is answered when it is done.
+- Only members count: the codec checked each message's tag, and kvs.peers
+  drops replays and forgets peers that left and went silent.
+- A joiner serves once every present peer has answered its request
+  completely, and the broker has been up SETTLE seconds (after a restart, the
+  peers need that long to publish their presences again).
+- A skipped batch number, or a digest naming a batch never seen, makes the
+  receiver ask that peer for the buckets that differ, at once (guarantee 6).
+- A bucket that differs the same way in two periodic digests in a row is
+  repaired, both ways, by the peer with the smaller id.
+- One transfer to a peer in flight at a time; a request meanwhile waits for it.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
 from kvs.actions import Action, Apply, Note, Publish, SendState, Serve
 from kvs.codec import Batch, Digest, Message, Presence, Transfer
-from kvs.peers import Digests, Peers
-from kvs.store import BUCKETS
+from kvs.peers import Digests, Peers, differing
 
 SETTLE: Final = 4.0
 """Seconds a broker must have been up before its retained presences are trusted to be complete;
 longer than the longest reconnection backoff (kvs.mqtt.BACKOFF)."""
 HEARTBEAT_ROUNDS: Final = 12
 """An unchanged digest still goes out once in this many sync intervals."""
+RETRY_ROUNDS: Final = 2
+"""A request not answered completely in this many sync intervals is asked again."""
 FORGET_ROUNDS: Final = 3 * HEARTBEAT_ROUNDS
 """A peer heard from not once in this many sync intervals is forgotten."""
 
@@ -67,14 +63,9 @@ class Sync:
     _presence_at: float = 0.0
     _awaiting: set[str] | None = None  # while joining: peers whose answer we wait for
     _broker_since: float | None = None  # when the broker started, as far as we know
-    _requests: int = 0
+    _requests: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _published: Digests | None = None
     _quiet: int = 0
-
-    @property
-    def retry(self) -> float:
-        """Seconds after which an unanswered request is asked again."""
-        return 2 * self.interval
 
     def next_batch_seq(self) -> int:
         self.batch_seq += 1
@@ -84,8 +75,9 @@ class Sync:
 
     def connected_to_broker(self, now: float) -> list[Action]:
         self.connected, self._echoed = True, False
-        if self._broker_since is None:
-            self._broker_since = now  # until the broker says otherwise
+        for peer in self.peers.values():
+            peer.heard = max(peer.heard, now)  # nobody could reach us meanwhile: silence starts now
+        self._broker_since = now if self._broker_since is None else self._broker_since  # until it says
         return []
 
     def disconnected(self, now: float) -> list[Action]:
@@ -116,7 +108,7 @@ class Sync:
             self._awaiting = set(present)
             actions.append(Note(f"joining: waiting for the state of {present}" if present else "joining"))
         # Ask every peer for what we miss (after a reconnection: what the broker lost meanwhile).
-        request = self._new_request()
+        request = next(self._requests)
         for name in present:
             self.peers[name].asked, self.peers[name].asked_at = request, now
         actions.append(Publish("digest", Digest(ours, request, self.batch_seq)))
@@ -127,12 +119,10 @@ class Sync:
     def message(self, message: Message, now: float, ours: Digests) -> list[Action]:
         """A message from another server, already authenticated by the codec."""
         origin, body = message.origin, message.body
-        if isinstance(body, Presence):
-            known = self.peers.get(origin)
-            if not body.up:
-                return self._left(message, now)
-            if known is not None and known.epoch == message.epoch:
-                return self._present(origin, now, ours)  # retained: comes again on every subscription
+        if isinstance(body, Presence) and not body.up:
+            return self._left(message, now)
+        if isinstance(body, Presence) and (known := self.peers.get(origin)) and known.epoch == message.epoch:
+            return self._present(origin, now, ours)  # retained: comes again on every subscription
         peer = self.peers.admit(message, now)
         if peer is None:
             return [Note(f"dropped a replayed message from {origin}", drop="replayed")]
@@ -156,67 +146,45 @@ class Sync:
         return actions
 
     def _left(self, message: Message, now: float) -> list[Action]:
-        if not self.peers.left(message.origin, message.epoch):
+        if not self.peers.left(message.origin, message.epoch):  # no longer waited for: not asked
             return []
-        if self._awaiting is not None:
-            self._awaiting.discard(message.origin)
         return [Note(f"peer {message.origin} left"), *self._check_serving(now)]
 
     def _batch_seen(
         self, origin: str, seq: int, now: float, ours: Digests, received: bool = True
     ) -> list[Action]:
-        """Batch `seq` of `origin` arrived (or, not `received`, was its last one): asks it for the
-        differences when a number was skipped."""
-        peer = self.peers[origin]
-        expected = peer.next_batch
-        skipped = expected and (seq > expected if received else seq >= expected)
-        peer.next_batch = max(expected, seq + 1)
-        if skipped:
-            return [
-                Note(f"a batch from {origin} was lost: asking it for the differences"),
-                *self._ask(origin, now, ours),
-            ]
-        return []
+        """Asks `origin` for the differences when a batch number was skipped."""
+        if not self.peers[origin].batches_up_to(seq, received):
+            return []
+        return [
+            Note(f"a batch from {origin} was lost: asking it for the differences"),
+            *self._ask(origin, now, ours),
+        ]
 
     def _digest(self, origin: str, digest: Digest, now: float, ours: Digests) -> list[Action]:
         peer = self.peers[origin]
-        actions: list[Action] = []
-        if digest.batch_seq:
-            actions += self._batch_seen(origin, digest.batch_seq, now, ours, received=False)
-        differing = frozenset(b for b in range(BUCKETS) if ours[b] != digest.buckets[b])
+        actions = (
+            self._batch_seen(origin, digest.batch_seq, now, ours, received=False) if digest.batch_seq else []
+        )
         if digest.request:
             if peer.sending:
                 peer.pending = digest  # answered when the transfer in flight is done
                 return actions
             peer.sending = True
-            return [*actions, SendState(origin, differing, answers=digest.request)]
-        previous, peer.digests = peer.digests, (digest.buckets, ours)
-        if not differing or previous is None or self.node_id > origin or peer.sending:
-            return actions  # nothing to do, too early to tell, or the peer with the smaller id repairs
-        # Under writes digests differ because of messages in flight; a bucket that differs
-        # the same way twice in a row is one the messages missed.
-        theirs_before, ours_before = previous
-        stuck = frozenset(
-            b for b in differing if theirs_before[b] == digest.buckets[b] and ours_before[b] == ours[b]
-        )
-        if not stuck:
-            return actions
+            return [*actions, SendState(origin, differing(ours, digest.buckets), answers=digest.request)]
+        stuck = peer.stuck(digest.buckets, ours)
+        if not stuck or self.node_id > origin or peer.sending:
+            return actions  # nothing to repair, or the peer with the smaller id repairs
         peer.sending, self.last_repair = True, now
-        return [
-            *actions,
-            Note(f"repairing {len(stuck)} bucket(s) with {origin}"),
-            SendState(origin, stuck, send_back=stuck),
-        ]
+        note = Note(f"repairing {len(stuck)} bucket(s) with {origin}")
+        return [*actions, note, SendState(origin, stuck, send_back=stuck)]
 
     def _transfer(self, origin: str, transfer: Transfer, now: float, ours: Digests) -> list[Action]:
         peer = self.peers[origin]
         actions: list[Action] = [Apply(origin, transfer.fragments)]
-        transfer_id, parts = peer.incoming
-        peer.incoming = (transfer.id, parts + 1 if transfer_id == transfer.id else 1)
-        if not transfer.last:
+        complete = peer.part_received(transfer)
+        if complete is None:
             return actions
-        complete = peer.incoming[1] == transfer.parts
-        peer.incoming = (0, 0)
         if transfer.answers and transfer.answers == peer.asked:
             peer.asked = 0
             if not complete or peer.again:  # a part was lost, or a batch since the request
@@ -236,25 +204,22 @@ class Sync:
         pending, peer.pending = peer.pending, None
         if pending is None:
             return []
-        differing = frozenset(b for b in range(BUCKETS) if ours[b] != pending.buckets[b])
         peer.sending = True
-        return [SendState(peer_name, differing, answers=pending.request)]
+        return [SendState(peer_name, differing(ours, pending.buckets), answers=pending.request)]
 
     # Time ---------------------------------------------------------------------------
 
     def tick(self, now: float, ours: Digests) -> list[Action]:
         """Called every sync interval (with jitter)."""
         actions = self._check_serving(now)
-        for name in self.peers.forget_silent(now, FORGET_ROUNDS * self.interval):
-            actions.append(Note(f"peer {name} forgotten: silent too long"))
-            if self._awaiting is not None:
-                self._awaiting.discard(name)
         if not self.connected:
             return actions
-        if not self._echoed and now - self._presence_at > self.retry:
+        silent = self.peers.forget_silent(now, FORGET_ROUNDS * self.interval)
+        actions += [Note(f"peer {name} forgotten: silent too long") for name in silent]
+        if not self._echoed and now - self._presence_at > RETRY_ROUNDS * self.interval:
             actions += self.subscribed(now)  # our presence was lost: say it again
         for name, peer in self.peers.items():
-            if peer.asked and now - peer.asked_at > self.retry:
+            if peer.asked and now - peer.asked_at > RETRY_ROUNDS * self.interval:
                 peer.asked = 0
                 actions += self._ask(name, now, ours)
         differ = any(p.digests and p.digests[0] != ours for p in self.peers.values())
@@ -271,17 +236,13 @@ class Sync:
 
     # Internals ----------------------------------------------------------------------
 
-    def _new_request(self) -> int:
-        self._requests += 1
-        return self._requests
-
     def _ask(self, origin: str, now: float, ours: Digests) -> list[Action]:
         """Asks one peer for the buckets that differ, unless a request to it is outstanding."""
         peer = self.peers[origin]
         if peer.asked or not self.connected:
             peer.again = peer.again or bool(peer.asked)
             return []
-        peer.asked, peer.asked_at = self._new_request(), now
+        peer.asked, peer.asked_at = next(self._requests), now
         return [Publish(origin, Digest(ours, peer.asked, self.batch_seq))]
 
     def _check_serving(self, now: float) -> list[Action]:

@@ -1,0 +1,177 @@
+"""One MQTT 5 session with the broker, for the replicator: paho's client on the
+event loop (kvs.mqtt), its first connection, its reconnections, and its
+callbacks turned into calls on an `Events` object.
+
+What it guarantees the replicator: `connect()` either succeeds or raises one
+clear error (BrokerUnreachable, or BrokerRefused when the broker says no);
+after that it reconnects for ever; every (re)connection subscribes again; and
+nothing raised by a handler escapes into paho (it would stop the reading of
+the packets behind it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from typing import Final, ParamSpec, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from kvs.broker import Address, BrokerAuth, configure
+from kvs.errors import BrokerRefused, BrokerUnreachable
+from kvs.mqtt import LoopDriver
+
+log = logging.getLogger("kvs.replication")
+
+KEEPALIVE: Final = 10
+"""Seconds; the broker declares a silent server gone (publishes its will) after 1.5 times this."""
+SESSION_EXPIRY: Final = 300
+"""Seconds the broker keeps queueing for a disconnected server before forgetting it."""
+
+P = ParamSpec("P")
+
+
+class Events(Protocol):
+    """What the session tells its owner, on the event loop."""
+
+    def on_connected(self) -> None: ...
+    def on_lost(self) -> None: ...
+    def on_subscribed(self) -> None: ...
+    def on_message(self, message: mqtt.MQTTMessage) -> None: ...
+    def on_published(self, mid: int) -> None: ...
+
+
+def _guarded(callback: Callable[P, None]) -> Callable[P, None]:
+    """Nothing escapes a paho callback: a bad message must not stop the reading of the next."""
+
+    @functools.wraps(callback)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            callback(*args, **kwargs)
+        except Exception:
+            log.exception("error in MQTT callback %s (ignored)", callback.__name__)
+
+    return wrapper
+
+
+class Session:
+    def __init__(
+        self,
+        client_id: str,
+        broker: Address,
+        auth: BrokerAuth,
+        *,
+        will: tuple[str, bytes],
+        subscriptions: list[tuple[str, int, bool]],
+        events: Events,
+    ) -> None:
+        self.broker = broker
+        self._events = events
+        self._subscriptions = [(t, SubscribeOptions(qos=q, noLocal=n)) for t, q, n in subscriptions]
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
+        )
+        client.will_set(will[0], will[1], qos=1, retain=True)
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)  # no limit: the replicator bounds its writes itself
+        configure(client, auth)
+        client.on_connect = _guarded(self._on_connect)
+        client.on_disconnect = _guarded(self._on_disconnect)
+        client.on_subscribe = _guarded(self._on_subscribe)
+        client.on_message = _guarded(lambda c, u, message: events.on_message(message))
+        client.on_publish = _guarded(lambda c, u, mid, reason, properties: events.on_published(mid))
+        self._client = client
+        self._driver = LoopDriver(client)
+        self._connack: asyncio.Future[ReasonCode | None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def connected(self) -> bool:
+        return self._client.is_connected()
+
+    async def connect(self) -> None:
+        """The first connection: returns once the broker accepted it, else raises."""
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = SESSION_EXPIRY
+        try:
+            await self._driver.connect(self.broker.host, self.broker.port, KEEPALIVE, properties)
+            reason = await asyncio.wait_for(asyncio.shield(self._connack), 10)
+        except TimeoutError:  # before OSError, its base class
+            reason = None
+        except OSError as error:
+            raise BrokerUnreachable(f"{self.broker}: {error.strerror or error}") from None
+        if reason is None or reason.is_failure:
+            await self._driver.stop()
+            if reason is not None:
+                raise BrokerRefused(f"{self.broker}: {reason}")
+            raise BrokerUnreachable(f"{self.broker}: no answer to CONNECT")
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        """QoS 1; paho keeps it while disconnected and sends it once connected again."""
+        return self._client.publish(topic, payload, qos=1, retain=retain)
+
+    async def stop(self, goodbye: tuple[str, bytes]) -> None:
+        """Publishes `goodbye` (retained), waits up to 2 s for the broker to take everything, disconnects."""
+        info = self.publish(*goodbye, retain=True)
+        for _ in range(200):
+            if not self._client.is_connected() or info.is_published():
+                break
+            await asyncio.sleep(0.01)
+        await self._driver.stop()
+
+    # paho's callbacks, on the event loop (kvs.mqtt) ----------------------------------
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        first = not self._connack.done()
+        if first:
+            self._connack.set_result(reason)
+        if reason.is_failure:
+            if not first:  # the first refusal is connect()'s to report
+                log.error("the broker at %s refused the connection: %s", self.broker, reason)
+            return
+        log.info("broker connected (%s%s)", self.broker, ", session resumed" if flags.session_present else "")
+        self._events.on_connected()
+        client.subscribe(self._subscriptions)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if not self._connack.done():
+            self._connack.set_result(None)  # hung up before answering (a TLS port?): connect() says so
+        first = self._connack.result()
+        if first is None or first.is_failure:
+            return
+        self._events.on_lost()
+        if not self._driver.stopping:
+            log.warning("broker connection lost (%s); reconnecting", reason)
+            self._driver.connection_lost()
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        if any(reason.is_failure for reason in reasons[:4]):  # the fifth, $SYS, is optional
+            log.error("the broker refused a subscription: %s", reasons)
+        self._events.on_subscribed()
