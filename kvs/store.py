@@ -151,6 +151,13 @@ SELECT key FROM versions WHERE key > ?1
 ORDER BY key LIMIT ?2
 """
 _VERSIONS_OF = "SELECT ver, val FROM versions WHERE key = ? ORDER BY ver"
+# The floors and versions of the keys in (?1, ?2], floors first within a key.
+_STATE_BETWEEN = """
+SELECT key, floor, NULL, NULL FROM floors WHERE key > ?1 AND key <= ?2
+UNION ALL
+SELECT key, NULL, ver, val FROM versions WHERE key > ?1 AND key <= ?2
+ORDER BY 1, 3
+"""
 _INSERT = "INSERT INTO versions (key, ver, val) VALUES (?, ?, ?)"
 # Adds a version unless it is below the key's floor or the version is taken.
 _ADD = """
@@ -215,11 +222,10 @@ class Store:
 
     def export_page(self, after: str, limit: int) -> list[Fragment]:
         """The whole state of at most `limit` keys (tombstones included) after `after`, by key."""
-        page = []
-        for (key,) in self._db.execute(_STATE_KEYS, (after, limit)).fetchall():
-            versions = tuple((ver, val) for ver, val in self._db.execute(_VERSIONS_OF, (key,)))
-            page.append(Fragment(key, self._floor(key), versions))
-        return page
+        keys = self._db.execute(_STATE_KEYS, (after, limit)).fetchall()
+        if not keys:
+            return []
+        return list(_fragments(self._db.execute(_STATE_BETWEEN, (after, keys[-1][0]))))
 
     def key_count(self) -> int:
         """How many keys exist (tombstones excluded)."""
@@ -312,18 +318,9 @@ class Store:
 
         Consume it before the next write: it reads the live tables.
         """
-        rows = self._db.execute(_EXPORT)
-        for key, group in groupby(rows, key=lambda row: str(row[0])):
-            if buckets is not None and bucket_of(key) not in buckets:
-                continue
-            floor = 0
-            versions = []
-            for _, row_floor, ver, val in group:
-                if row_floor is None:
-                    versions.append((ver, val))
-                else:
-                    floor = row_floor
-            yield Fragment(key, floor, tuple(sorted(versions)))
+        for fragment in _fragments(self._db.execute(_EXPORT)):
+            if buckets is None or bucket_of(fragment.key) in buckets:
+                yield fragment
 
     # Internals -------------------------------------------------------------
 
@@ -380,3 +377,16 @@ class Store:
         raw = key.encode()
         entry = hashlib.blake2b(_HASH_HEADER.pack(kind, len(raw), ver) + raw + val.encode(), digest_size=8)
         self._digest[zlib.crc32(raw) % BUCKETS] ^= int.from_bytes(entry.digest(), "little")
+
+
+def _fragments(rows: Iterable[tuple[str, Version | None, Version | None, str | None]]) -> Iterator[Fragment]:
+    """One fragment per key from (key, floor, NULL, NULL) and (key, NULL, ver, val) rows, by key."""
+    for key, group in groupby(rows, key=lambda row: row[0]):
+        floor = 0
+        versions = []
+        for _, row_floor, ver, val in group:
+            if row_floor is None:
+                versions.append((ver, val))
+            else:
+                floor = row_floor
+        yield Fragment(key, floor, tuple(sorted(versions)))  # type: ignore[arg-type]
