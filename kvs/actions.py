@@ -27,6 +27,7 @@ class SendState:
     buckets: frozenset[int] | None
     send_back: frozenset[int] = frozenset()
     answers: int = 0
+    since: int = 0  # or, if this server still keeps them, its batches from this number on
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -56,6 +56,7 @@ class Digest:
     buckets: tuple[int, ...]
     request: int = 0
     batch_seq: int = 0
+    since: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +107,11 @@ class Codec:
 
     # Encoding ----------------------------------------------------------------
 
-    def digest(self, buckets: tuple[int, ...], request: int = 0, batch_seq: int = 0) -> bytes:
+    def digest(self, body: Digest) -> bytes:
         envelope = self._envelope()
-        envelope.digest.buckets.extend(buckets)
-        envelope.digest.request = request
-        envelope.digest.batch_seq = batch_seq
+        envelope.digest.buckets.extend(body.buckets)
+        envelope.digest.request, envelope.digest.batch_seq = body.request, body.batch_seq
+        envelope.digest.since = body.since
         return self._seal(envelope)
 
     def presence(self, up: bool = True) -> bytes:
@@ -120,11 +121,15 @@ class Codec:
 
     def batches(self, fragments: Iterable[Fragment], seqs: Callable[[], int] = lambda: 0) -> Iterator[bytes]:
         """Batch payloads carrying `fragments` in order (one, unless they are large), numbered by `seqs`."""
-        for chunk in _chunks(fragments):
-            envelope = self._envelope()
-            _fill(envelope.batch.fragments, chunk)
-            envelope.batch.seq = seqs()
-            yield self._seal(envelope)
+        for chunk in chunks(fragments):
+            yield self.batch(chunk, seqs())
+
+    def batch(self, fragments: Sequence[Fragment], seq: int) -> bytes:
+        """One Batch payload: keep `fragments` to one of `chunks`' groups."""
+        envelope = self._envelope()
+        _fill(envelope.batch.fragments, fragments)
+        envelope.batch.seq = seq
+        return self._seal(envelope)
 
     def transfer(
         self, fragments: Iterable[Fragment], send_back: Iterable[int] = (), answers: int = 0
@@ -133,7 +138,7 @@ class Codec:
         transfer_id = next(self._transfer_ids)
         pending: list[Fragment] | None = None
         part = 0
-        for chunk in _chunks(fragments):
+        for chunk in chunks(fragments):
             if pending is not None:
                 yield self._transfer(transfer_id, part, pending)
                 part += 1
@@ -203,7 +208,7 @@ def _body(envelope: pb.Envelope) -> Body:
         buckets = tuple(digest.buckets)
         if len(buckets) != BUCKETS:
             raise CodecError(f"digest with {len(buckets)} buckets, not {BUCKETS}")
-        return Digest(buckets, digest.request, digest.batch_seq)
+        return Digest(buckets, digest.request, digest.batch_seq, digest.since)
     if kind == "transfer":
         t = envelope.transfer
         send_back = frozenset(t.send_back)
@@ -246,13 +251,13 @@ def fields(fragment: Fragment) -> dict[str, Any]:
     }
 
 
-def _fill(repeated: Any, chunk: list[Fragment]) -> None:
+def _fill(repeated: Any, chunk: Sequence[Fragment]) -> None:
     """Adds the fragments to a repeated Fragment field (in place: extend() would copy them)."""
     for fragment in chunk:
         repeated.add(**fields(fragment))
 
 
-def _chunks(fragments: Iterable[Fragment]) -> Iterator[list[Fragment]]:
+def chunks(fragments: Iterable[Fragment]) -> Iterator[list[Fragment]]:
     """Fragments in order, in groups of about CHUNK characters of keys and values.
 
     Characters, not bytes: counting is cheap, and UTF-8 takes at most 4 bytes
@@ -261,10 +266,10 @@ def _chunks(fragments: Iterable[Fragment]) -> Iterator[list[Fragment]]:
     chunk: list[Fragment] = []
     size = 0
     for fragment in fragments:
-        weight = _weight(fragment)
+        weight = weight_of(fragment)
         for piece in (fragment,) if weight < CHUNK else _pieces(fragment):
             chunk.append(piece)
-            size += weight if piece is fragment else _weight(piece)
+            size += weight if piece is fragment else weight_of(piece)
             if size >= CHUNK:
                 yield chunk
                 chunk, size = [], 0
@@ -272,7 +277,8 @@ def _chunks(fragments: Iterable[Fragment]) -> Iterator[list[Fragment]]:
         yield chunk
 
 
-def _weight(fragment: Fragment) -> int:
+def weight_of(fragment: Fragment) -> int:
+    """About the characters `fragment` takes in a payload."""
     return len(fragment.key) + 12 + sum(len(val) + 12 for _, val in fragment.versions)
 
 

@@ -7,8 +7,8 @@ and writes paho's socket (`add_reader`/`add_writer`), so paho's callbacks run
 on the loop thread, the one that owns the store, and nothing crosses threads.
 
 paho's own retry loop lives in that thread, so reconnecting is this module's
-job: after a disconnection it calls paho's `reconnect()` with a backoff of 0.5,
-1, 2, 2, ... seconds. `connect()` and `reconnect()` block while the TCP
+job: after a disconnection it calls paho's `reconnect()` with a backoff of 0.25,
+0.5, 1, 1, ... seconds. `connect()` and `reconnect()` block while the TCP
 connection opens, so they run on a worker thread; paho calls the socket
 callbacks from there, and they hop to the loop.
 """
@@ -33,7 +33,7 @@ MISC_EVERY = 1.0
 """Seconds between paho's housekeeping calls (keepalive pings, timeouts)."""
 READ_BURST = 256
 """Packets read at most in one turn of the loop, so that gRPC calls still get theirs."""
-BACKOFF = (0.5, 1.0, 2.0)
+BACKOFF = (0.25, 0.5, 1.0)
 """Seconds before each reconnection attempt; the last one repeats. A server that joins waits
 for a restarted broker to be up longer than the last (kvs.sync.SETTLE), so keep it short."""
 

@@ -37,18 +37,21 @@ class Peer:
     next_batch: int = 0  # the batch seq expected next (0: unknown yet)
     asked: int = 0  # our request it has not fully answered yet (0: none)
     asked_at: float = 0.0
-    again: bool = False  # something went missing after the outstanding request was answered
+    asked_since: int = 0  # what the outstanding request asked for (see Digest.since)
+    again: int | None = None  # ask again once answered, since this batch (0: the differing buckets)
     incoming: tuple[int, int] = (0, 0)  # the transfer id being received, and parts received
     sending: bool = False  # a transfer to it is in flight
     pending: Digest | None = None  # a request that came while sending
     digests: tuple[Digests, Digests] | None = None  # its last periodic digest, and ours then
 
-    def batches_up_to(self, seq: int, received: bool) -> bool:
-        """Batch `seq` arrived (or, not `received`, a digest says it was the last sent); True when
-        a number was skipped, that is, a batch was lost."""
+    def batches_up_to(self, seq: int, received: bool) -> int:
+        """Batch `seq` arrived (or, not `received`, a digest says it was the last sent); when a
+        number was skipped (a batch was lost), the first one skipped, else 0."""
         expected = self.next_batch
+        if not seq:
+            return 0  # it has sent none yet
         self.next_batch = max(expected, seq + 1)
-        return bool(expected) and (seq > expected if received else seq >= expected)
+        return expected if expected and (seq > expected if received else seq >= expected) else 0
 
     def part_received(self, transfer: Transfer) -> bool | None:
         """Counts a transfer's part; at its last part, whether every part came (else None)."""

@@ -1,9 +1,9 @@
 """The MQTT side of a server: the adapter between the broker, the store and the sync core.
 
-Every decision is kvs/sync.py's; this module carries them out: it publishes the
-writes the store accepted, feeds what arrives to the core, and runs the core's
-actions in order, in slices that leave room for gRPC calls. Threads: one; the
-event loop owns the store, this object and the MQTT session (kvs/session.py).
+Every decision is kvs/sync.py's; this module publishes the writes the store
+accepted, feeds what arrives to the core, and runs the core's actions in order,
+in slices that leave room for gRPC calls. Threads: one; the event loop owns the
+store, this object and the MQTT session (kvs/session.py).
 """
 
 from __future__ import annotations
@@ -13,19 +13,21 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import paho.mqtt.client as mqtt
 
 from kvs.actions import Action, Apply, Publish, SendState, Serve
 from kvs.broker import Address, BrokerAuth
-from kvs.codec import Codec, Digest, Presence
+from kvs.clock import now_ms
+from kvs.codec import Codec, Digest, Presence, chunks
 from kvs.droplog import DropLog
 from kvs.errors import CodecError
-from kvs.replicated import PAGE_KEYS, join_in_slices
+from kvs.replicated import join_in_slices
+from kvs.sending import Kept, state_pages
 from kvs.session import Session
-from kvs.store import Fragment, Store, bucket_of
+from kvs.store import Fragment, Store
 from kvs.sync import Sync
 from kvs.topics import UPTIME, Topics
 
@@ -34,15 +36,11 @@ log = logging.getLogger("kvs.replication")
 FLUSH_EVERY: Final = 0.002
 """Seconds between batches under load: at most 500 MQTT messages a second for writes."""
 WRITE_WINDOW: Final = 1_000
-"""Write batches paho may hold unacknowledged; beyond it a batch is dropped, its number skipped,
-and the peers ask for the difference. Control messages are never held back (guarantee 6)."""
+"""Write batches paho may hold unacknowledged; beyond, a batch is dropped, its number skipped, and
+the peers ask for it again (kvs/sending.py). Control messages are never held back (guarantee 6)."""
 AWAY_WINDOW: Final = 100
-"""The same while the broker is away: a short blip costs no repair, and after a long outage the
-control messages are not stuck behind a flood of stale batches (the peers ask for those)."""
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+"""The same while the broker is away: a blip costs no repair, and after an outage control messages
+do not wait behind a flood of stale batches."""
 
 
 class Replicator:
@@ -81,6 +79,7 @@ class Replicator:
         self._flush_at: float | None = None
         self._last_flush = 0.0
         self._writes: set[int] = set()  # mids of write batches paho holds unacknowledged
+        self._kept = Kept()
         self._work: deque[Action] = deque()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -137,16 +136,19 @@ class Replicator:
         self._last_flush = self._loop.time()
         fragments, self._outbox = self._outbox, []
         window = WRITE_WINDOW if self._session.connected else AWAY_WINDOW
-        for payload in self._codec.batches(fragments, self._sync.next_batch_seq):
+        for chunk in chunks(fragments):
+            seq = self._sync.next_batch_seq()
+            self._kept.add(seq, chunk)
             if len(self._writes) >= window:
-                self._drops.drop("write window full", "the peers will ask for the difference")
+                self._drops.drop("write window full", "the peers will ask for what they miss")
                 continue  # its number is skipped: the peers notice and ask (kvs.sync)
+            payload = self._codec.batch(chunk, seq)
             self._writes.add(self._session.publish(self._topics.route("batch"), payload).mid)
 
     def _publish(self, action: Publish) -> None:
         body = action.body
         if isinstance(body, Digest):
-            payload = self._codec.digest(body.buckets, body.request, body.batch_seq)
+            payload = self._codec.digest(body)
         elif isinstance(body, Presence):
             payload = self._codec.presence(body.up)
         else:
@@ -191,16 +193,11 @@ class Replicator:
     async def _send_state(self, action: SendState) -> None:
         """A transfer, read a page at a time (fresh queries: writes go on in between)."""
         topic = self._topics.route(action.peer)
-        for payload in self._codec.transfer(self._pages(action.buckets), action.send_back, action.answers):
+        fragments = self._kept.since(action.since) or state_pages(self._store, action.buckets)
+        for payload in self._codec.transfer(fragments, action.send_back, action.answers):
             self._session.publish(topic, payload)
             await asyncio.sleep(0)
         self._run(self._sync.sent(action.peer, time.monotonic(), self._store.digest()))
-
-    def _pages(self, buckets: frozenset[int] | None) -> Iterator[Fragment]:
-        after = ""
-        while buckets != frozenset() and (page := self._store.export_page(after, PAGE_KEYS)):
-            yield from (f for f in page if buckets is None or bucket_of(f.key) in buckets)
-            after = page[-1].key
 
     async def _tick_forever(self) -> None:
         interval = self._sync.interval

@@ -16,7 +16,6 @@ import signal
 import socket
 import ssl
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,23 +29,20 @@ from kvs._gen import kvs_pb2_grpc, replication_pb2_grpc
 from kvs.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from kvs.admin import Admin
 from kvs.broker import Address, BrokerAuth, EmbeddedBroker, private_auth, private_password_path
+from kvs.clock import now_ms
 from kvs.errors import BrokerRefused, BrokerUnreachable, ConfigError
 from kvs.keys import load_cluster_key, read_password
 from kvs.limits import MAX_REQUEST_BYTES
 from kvs.replicated import ReplicatedStore
 from kvs.replication import Replicator
 from kvs.service import SERVICE_NAME, KeyValueStore
-from kvs.store import Store, Version
+from kvs.store import Store
 from kvs.tls import ServerTls, TlsError
 
 log = logging.getLogger("kvs.server")
 
 DEFAULT_PORT = 40000
 DEFAULT_BROKER = "localhost:1883"
-
-
-def now_ms() -> Version:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)

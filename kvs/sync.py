@@ -4,13 +4,10 @@ lost-batch detection, digest comparison, and which state to send to whom.
 Like h11's `Connection`, `Sync` is fed what happened (a decoded message, the
 broker connection coming or going, the clock ticking) with the current time
 and this server's digest, and returns `Action`s (kvs/actions.py) for the
-adapter (kvs/replication.py) to carry out. It never reads a clock, a socket or
-a random number, so each rule has a unit test (tests/unit/test_sync.py), and a
-simulated broker that drops, duplicates, reorders and restarts checks the
-guarantees over many schedules (tests/sim.py). docs/replication.md has an
-example.
-
-The rules (docs/replication.md has them at length, with a worked example):
+adapter (kvs/replication.py) to carry out. It reads no clock, socket or random
+number: each rule has a unit test (tests/unit/test_sync.py), and a simulated
+broker that drops, duplicates, reorders and restarts checks the guarantees
+over many schedules (tests/sim.py). The rules, at length in docs/replication.md:
 
 - Only members count: the codec checked each message's tag, and kvs.peers
   drops replays and forgets peers that left and went silent.
@@ -18,10 +15,11 @@ The rules (docs/replication.md has them at length, with a worked example):
   completely, and the broker has been up SETTLE seconds (after a restart, the
   peers need that long to publish their presences again).
 - A skipped batch number, or a digest naming a batch never seen, makes the
-  receiver ask that peer for the buckets that differ, at once (guarantee 6).
+  receiver ask that peer at once for its batches since (it keeps recent ones),
+  or else the buckets that differ (guarantee 6).
 - A bucket that differs the same way in two periodic digests in a row is
   repaired, both ways, by the peer with the smaller id.
-- One transfer to a peer in flight at a time; a request meanwhile waits for it.
+- One transfer to a peer in flight at a time; a request meanwhile waits.
 """
 
 from __future__ import annotations
@@ -35,7 +33,7 @@ from kvs.actions import Action, Apply, Note, Publish, SendState, Serve
 from kvs.codec import Batch, Digest, Message, Presence, Transfer
 from kvs.peers import Digests, Peers, differing
 
-SETTLE: Final = 4.0
+SETTLE: Final = 3.0
 """Seconds a broker must have been up before its retained presences are trusted to be complete;
 longer than the longest reconnection backoff (kvs.mqtt.BACKOFF)."""
 HEARTBEAT_ROUNDS: Final = 12
@@ -102,17 +100,15 @@ class Sync:
         if self._echoed:
             return []
         self._echoed = True
-        actions: list[Action] = []
         present = self.peers.present()
-        if not self.serving and self._awaiting is None:
-            self._awaiting = set(present)
-            actions.append(Note(f"joining: waiting for the state of {present}" if present else "joining"))
-        # Ask every peer for what we miss (after a reconnection: what the broker lost meanwhile).
-        request = next(self._requests)
+        if self.serving:  # after a reconnection: ask each peer for its batches we have not seen
+            return [a for name in present for a in self._ask(name, now, ours, self.peers[name].next_batch)]
+        self._awaiting = set(present) if self._awaiting is None else self._awaiting
+        request = next(self._requests)  # joining: everybody's whole state
         for name in present:
             self.peers[name].asked, self.peers[name].asked_at = request, now
-        actions.append(Publish("digest", Digest(ours, request, self.batch_seq)))
-        return actions + self._check_serving(now)
+        note = Note(f"joining: waiting for the state of {present}" if present else "joining")
+        return [note, Publish("digest", Digest(ours, request, self.batch_seq)), *self._check_serving(now)]
 
     # Messages ------------------------------------------------------------------------
 
@@ -153,25 +149,17 @@ class Sync:
     def _batch_seen(
         self, origin: str, seq: int, now: float, ours: Digests, received: bool = True
     ) -> list[Action]:
-        """Asks `origin` for the differences when a batch number was skipped."""
-        if not self.peers[origin].batches_up_to(seq, received):
+        """Asks `origin` for what it sent since, when a batch number was skipped."""
+        if not (skipped := self.peers[origin].batches_up_to(seq, received)):
             return []
-        return [
-            Note(f"a batch from {origin} was lost: asking it for the differences"),
-            *self._ask(origin, now, ours),
-        ]
+        note = Note(f"batch {skipped} of {origin} was lost: asking for it")
+        return [note, *self._ask(origin, now, ours, skipped)]
 
     def _digest(self, origin: str, digest: Digest, now: float, ours: Digests) -> list[Action]:
         peer = self.peers[origin]
-        actions = (
-            self._batch_seen(origin, digest.batch_seq, now, ours, received=False) if digest.batch_seq else []
-        )
+        actions = self._batch_seen(origin, digest.batch_seq, now, ours, received=False)
         if digest.request:
-            if peer.sending:
-                peer.pending = digest  # answered when the transfer in flight is done
-                return actions
-            peer.sending = True
-            return [*actions, SendState(origin, differing(ours, digest.buckets), answers=digest.request)]
+            return actions + self._answer(origin, digest, ours)
         stuck = peer.stuck(digest.buckets, ours)
         if not stuck or self.node_id > origin or peer.sending:
             return actions  # nothing to repair, or the peer with the smaller id repairs
@@ -187,9 +175,9 @@ class Sync:
             return actions
         if transfer.answers and transfer.answers == peer.asked:
             peer.asked = 0
-            if not complete or peer.again:  # a part was lost, or a batch since the request
-                peer.again = False
-                actions += self._ask(origin, now, ours)
+            if not complete or peer.again is not None:  # a part was lost, or a batch since the request
+                since, peer.again = (peer.again or 0) if complete else 0, None
+                actions += self._ask(origin, now, ours, since=since)
         if complete and transfer.send_back and not peer.sending:
             peer.sending, self.last_repair = True, now
             actions.append(SendState(origin, transfer.send_back))
@@ -197,17 +185,21 @@ class Sync:
 
     def sent(self, peer_name: str, now: float, ours: Digests) -> list[Action]:
         """The adapter finished sending a transfer to `peer_name`."""
-        peer = self.peers.get(peer_name)
-        if peer is None:
+        if (peer := self.peers.get(peer_name)) is None:
             return []
-        peer.sending = False
-        pending, peer.pending = peer.pending, None
-        if pending is None:
+        peer.sending, pending, peer.pending = False, peer.pending, None
+        return self._answer(peer_name, pending, ours) if pending else []
+
+    def _answer(self, origin: str, request: Digest, ours: Digests) -> list[Action]:
+        """Sends what `request` asks for, once any transfer to that peer in flight is done."""
+        peer = self.peers[origin]
+        if peer.sending:
+            peer.pending = request
             return []
         peer.sending = True
-        return [SendState(peer_name, differing(ours, pending.buckets), answers=pending.request)]
-
-    # Time ---------------------------------------------------------------------------
+        return [
+            SendState(origin, differing(ours, request.buckets), answers=request.request, since=request.since)
+        ]
 
     def tick(self, now: float, ours: Digests) -> list[Action]:
         """Called every sync interval (with jitter)."""
@@ -221,7 +213,7 @@ class Sync:
         for name, peer in self.peers.items():
             if peer.asked and now - peer.asked_at > RETRY_ROUNDS * self.interval:
                 peer.asked = 0
-                actions += self._ask(name, now, ours)
+                actions += self._ask(name, now, ours, since=peer.asked_since)
         differ = any(p.digests and p.digests[0] != ours for p in self.peers.values())
         self._quiet += 1
         # An idle, converged cluster says almost nothing: one digest per heartbeat.
@@ -234,16 +226,16 @@ class Sync:
         """While joining, call often: serving may begin as soon as the broker has settled."""
         return self._check_serving(now)
 
-    # Internals ----------------------------------------------------------------------
-
-    def _ask(self, origin: str, now: float, ours: Digests) -> list[Action]:
-        """Asks one peer for the buckets that differ, unless a request to it is outstanding."""
+    def _ask(self, origin: str, now: float, ours: Digests, since: int = 0) -> list[Action]:
+        """Asks one peer for its batches `since` (0: the buckets that differ), unless a request to it
+        is outstanding: then once that is answered."""
         peer = self.peers[origin]
         if peer.asked or not self.connected:
-            peer.again = peer.again or bool(peer.asked)
+            if peer.asked:
+                peer.again = since if peer.again is None else min(peer.again, since)
             return []
-        peer.asked, peer.asked_at = next(self._requests), now
-        return [Publish(origin, Digest(ours, peer.asked, self.batch_seq))]
+        peer.asked, peer.asked_at, peer.asked_since = next(self._requests), now, since
+        return [Publish(origin, Digest(ours, peer.asked, self.batch_seq, since))]
 
     def _check_serving(self, now: float) -> list[Action]:
         if self.serving or self._awaiting is None or not self._echoed:

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 
 from kvs.actions import Action, Apply, Note, Publish, SendState, Serve
 from kvs.codec import Batch, Body, Message, Presence, Transfer
+from kvs.mqtt import BACKOFF
 from kvs.store import Fragment, Store
 from kvs.sync import Sync
 
-BACKOFF = (1.0, 2.0)
-"""Seconds before each reconnection attempt (kvs.mqtt.BACKOFF's shape)."""
+KEPT = 150
+"""Batches a replica keeps to send again (few, so that asking for older ones falls back to buckets)."""
 
 
 @dataclass
@@ -84,6 +85,7 @@ class Replica:
         self.epoch = int(self.cluster.now * 1000) + self._incarnation
         self.counter = itertools.count(1)
         self.transfers = itertools.count(1)
+        self.kept: list[tuple[int, Fragment]] = []  # recent batches, to send again
         self.sync = self.sync_class(self.name, self.interval)
         self.alive, self.started_at = True, self.cluster.now
         # Peers that are up, or reconnecting after a broker restart (not cut off: their will said they left).
@@ -129,6 +131,7 @@ class Replica:
             return
         self.cluster.acknowledged.append(Ack(self, self._incarnation, self.cluster.now, fragment))
         seq = self.sync.next_batch_seq()
+        self.kept = [*self.kept[-KEPT + 1 :], (seq, fragment)]
         if self.cluster.random.random() >= self.cluster.faults.write_window_full:
             self.cluster.broker.publish(self, "batch", self.message(Batch((fragment,), seq)))
 
@@ -150,7 +153,12 @@ class Replica:
         self.run(self.sync.subscribed(self.cluster.now))
 
     def _send_state(self, action: SendState) -> None:
-        fragments = list(self.store.export(action.buckets)) if action.buckets != frozenset() else []
+        if action.since and self.kept and self.kept[0][0] <= action.since:  # what kvs.replication does
+            fragments = [fragment for seq, fragment in self.kept if seq >= action.since]
+        elif action.buckets != frozenset():
+            fragments = list(self.store.export(action.buckets))
+        else:
+            fragments = []
         transfer_id = next(self.transfers)
         parts = [fragments[i : i + 3] for i in range(0, len(fragments), 3)] or [[]]
         for number, part in enumerate(parts):

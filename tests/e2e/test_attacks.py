@@ -14,7 +14,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from kvs._gen import kvs_pb2 as pb
-from kvs.codec import Codec
+from kvs.codec import Codec, Digest
 from kvs.store import BUCKETS, Fragment
 from tests.e2e.conftest import Processes
 from tests.e2e.harness import KvsServer, Mosquitto, cluster_key, converged, wait_for
@@ -116,7 +116,7 @@ def test_forged_and_replayed_digests_make_the_servers_send_nothing(processes: Pr
     with tap(processes) as listener:
         # A request the servers would have answered with their whole state, signed by nobody.
         forger = Codec(processes.cluster, "made-up", os.urandom(32), epoch=int(time.time() * 1000))
-        forged = [(f"{processes.cluster}/digest", forger.digest(ZEROS, request=1)) for _ in range(20)]
+        forged = [(f"{processes.cluster}/digest", forger.digest(Digest(ZEROS, request=1))) for _ in range(20)]
         publish_all(processes.broker, forged)
         # A real request, captured and replayed: a joiner's, answered once when it was new.
         joiner = processes.server("s4")
@@ -139,7 +139,7 @@ def test_digests_from_20000_invented_origins_cost_no_lasting_memory(processes: P
     payloads = []
     for i in range(20_000):
         forger = Codec(processes.cluster, f"invented-{i}", os.urandom(32), epoch=1)
-        payloads.append((f"{processes.cluster}/digest", forger.digest(ZEROS)))
+        payloads.append((f"{processes.cluster}/digest", forger.digest(Digest(ZEROS))))
     publish_all(processes.broker, payloads)
     s2.stub.Put(pb.KeyValueRequest(key="after", val="x"))
     wait_for("s1 to still replicate", lambda: s1.stub.Get(pb.KeyRequest(key="after")).val == "x")

@@ -12,7 +12,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import replication_pb2 as rpb
-from kvs.codec import Codec
+from kvs.codec import Codec, Digest
 from kvs.store import BUCKETS, Fragment
 from tests.e2e.conftest import Processes
 from tests.e2e.harness import (
@@ -146,13 +146,13 @@ def garbage(cluster: str, key: bytes) -> list[tuple[str, bytes]]:
         b"\x02" + os.urandom(99),
     ]
     forger = Codec(cluster, "evil", os.urandom(32), epoch=1)
-    forged = [forger.presence(), forger.digest(tuple(range(BUCKETS)), request=1)]
+    forged = [forger.presence(), forger.digest(Digest(tuple(range(BUCKETS)), request=1))]
     forged += list(forger.batches([Fragment("k", 0, ((1, "v"),))]))
     other_cluster = Codec("elsewhere", "evil", key, epoch=1)
     member = Codec(cluster, "s3", key, epoch=1)
     messages = [(t, p) for t in topics for p in bad_payloads + forged]
     messages += [(t, other_cluster.presence()) for t in topics]
-    messages += [(f"{cluster}/batch", member.digest(tuple(range(BUCKETS))))]  # the wrong kind
+    messages += [(f"{cluster}/batch", member.digest(Digest(tuple(range(BUCKETS)))))]  # the wrong kind
     messages += [(f"{cluster}/peers/s1", Codec(cluster, "s2", os.urandom(32), epoch=1).presence())]
     messages += [(f"{cluster}/peers/evil", member.presence())]  # a member's presence on another's topic
     return messages

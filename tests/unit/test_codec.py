@@ -34,7 +34,7 @@ def test_every_message_carries_a_larger_counter() -> None:
 
 def test_a_digest_and_a_presence_round_trip() -> None:
     buckets = tuple(range(2**64 - BUCKETS, 2**64))
-    assert other.decode(codec.digest(buckets, request=3, batch_seq=9)).body == Digest(buckets, 3, 9)
+    assert other.decode(codec.digest(Digest(buckets, 3, 9, 4))).body == Digest(buckets, 3, 9, 4)
     assert other.decode(codec.presence()).body == Presence()
     assert other.decode(codec.presence(up=False)).body == Presence(up=False)
 

@@ -185,17 +185,40 @@ def test_a_silent_peer_is_forgotten() -> None:
     assert "s2" not in sync.peers
 
 
-def test_after_a_reconnection_a_server_asks_every_peer_again_and_retries_until_answered() -> None:
+def sent_requests(actions: list[Action]) -> list[tuple[str, Digest]]:
+    return [(a.route, a.body) for a in actions if isinstance(a, Publish) and isinstance(a.body, Digest)]
+
+
+def test_after_a_reconnection_a_server_asks_each_peer_for_the_batches_it_missed_until_answered() -> None:
     sync, s2 = Sync("s1", interval=1.0), Peer("s2")
     joined(sync)
     sync.message(s2.says(Presence()), 0.5, ZERO)
+    sync.message(s2.says(Batch((), seq=7)), 0.6, ZERO)
     sync.disconnected(1.0)
     sync.connected_to_broker(3.0)
     sync.subscribed(3.0)
-    request = request_to(sync.own_presence(3.0, ZERO), "digest")
-    assert sync.peers["s2"].asked == request
-    retried = sync.tick(3.0 + 2 * sync.interval + 0.1, ZERO)
-    assert request_to(retried, "s2") > request
+    [(route, asked)] = sent_requests(sync.own_presence(3.0, ZERO))
+    assert (route, asked.since) == ("s2", 8)  # everything from the batch after the last one seen
+    [again] = [d for r, d in sent_requests(sync.tick(3.0 + 2 * sync.interval + 0.1, ZERO)) if r == "s2"]
+    assert again.since == 8
+    assert again.request > asked.request
+
+
+def test_a_lost_batch_is_asked_for_by_number_and_answered_with_the_batches_kept() -> None:
+    sync, s2 = Sync("s1"), Peer("s2")
+    joined(sync)
+    sync.message(s2.says(Batch((), seq=1)), 1.0, ZERO)
+    [(_, asked)] = sent_requests(sync.message(s2.says(Batch((), seq=4)), 1.1, ZERO))
+    assert asked.since == 2
+    sync.message(s2.says(Batch((), seq=6)), 1.2, ZERO)  # 5 lost too, while 2-3 are asked for
+    answer = Transfer((), True, frozenset(), 9, 0, 1, asked.request)
+    [(_, again)] = sent_requests(sync.message(s2.says(answer), 1.3, ZERO))
+    assert again.since == 5
+    # The other way round: a request with `since` is answered with it, for the adapter.
+    [send] = [
+        a for a in sync.message(s2.says(Digest(ZERO, 11, since=40)), 1.4, ZERO) if isinstance(a, SendState)
+    ]
+    assert (send.answers, send.since) == (11, 40)
 
 
 def test_an_unechoed_presence_is_published_again() -> None:

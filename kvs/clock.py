@@ -1,0 +1,9 @@
+"""The wall clock, in the unit of versions: milliseconds since the Unix epoch."""
+
+import time
+
+from kvs.store import Version
+
+
+def now_ms() -> Version:
+    return time.time_ns() // 1_000_000
