@@ -29,6 +29,7 @@ from kvs.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from kvs.admin import Admin
 from kvs.broker import Address, EmbeddedBroker
 from kvs.errors import BrokerUnreachable
+from kvs.metrics import Metrics
 from kvs.replication import Replicator
 from kvs.service import SERVICE_NAME, KeyValueStore, Publish
 from kvs.store import Store, Version
@@ -57,20 +58,29 @@ class Settings:
     broker_is_default: bool  # no --broker: a private mosquitto may be started (kvs.broker)
     sync_interval: float
     event_loop: str  # "uvloop" or "asyncio"
+    metrics_port: int | None = None  # --metrics-port: serve Prometheus metrics there (kvs.metrics)
 
 
 class Server:
     """One gRPC server over one store: construct, `start()` (returns the port), `stop()`."""
 
-    def __init__(self, store: Store, publish: Publish, address: str, admin: Admin | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        publish: Publish,
+        address: str,
+        admin: Admin | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.ready = asyncio.Event()
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs predate .aio
         self._grpc = grpc.aio.server(
+            interceptors=[metrics.interceptor()] if metrics else None,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 # Without this, a second server on a taken port would start silently.
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         kvs_pb2_grpc.add_KeyValueStoreServicer_to_server(
             KeyValueStore(store, publish, self.ready), self._grpc
@@ -122,7 +132,9 @@ async def serve(settings: Settings) -> int:
     replicator = Replicator(
         store, settings.cluster, settings.node_id, settings.broker, settings.sync_interval
     )
-    server = Server(store, replicator.publish, f"{settings.listen}:{settings.port}", Admin(store, replicator))
+    metrics = Metrics(store.stats) if settings.metrics_port is not None else None
+    address = f"{settings.listen}:{settings.port}"
+    server = Server(store, replicator.publish, address, Admin(store, replicator), metrics)
     try:
         port = await server.start()
     except RuntimeError as error:
@@ -131,6 +143,16 @@ async def serve(settings: Settings) -> int:
     log.info(
         "listening on %s:%d as %s in cluster %s", settings.listen, port, settings.node_id, settings.cluster
     )
+    if metrics and settings.metrics_port is not None:
+        try:
+            metrics_port = metrics.serve(settings.metrics_port, settings.listen.strip("[]"))
+        except OSError as error:
+            log.error(
+                "cannot serve metrics on port %s (%s): is the port in use?", settings.metrics_port, error
+            )
+            await server.stop(0)
+            return 1
+        log.info("metrics on http://%s:%d/metrics", settings.listen, metrics_port)
 
     embedded = None
     if settings.broker_is_default and settings.broker.local:
@@ -158,6 +180,8 @@ async def serve(settings: Settings) -> int:
     log.info("shutting down")
     await server.stop()
     await replicator.stop()
+    if metrics:
+        metrics.stop()
     if embedded:
         await asyncio.to_thread(embedded.release)
     log.info("stopped")
@@ -181,9 +205,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
                         help="seconds between anti-entropy rounds (5)")  # fmt: skip
     parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
                         help="uvloop (faster, docs/performance.md) or asyncio's own")  # fmt: skip
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics on http://LISTEN:PORT/metrics (off)")  # fmt: skip
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--porta must be between 0 and 65535, not {args.port}")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        parser.error(f"--metrics-port must be between 0 and 65535, not {args.metrics_port}")
     node_id = args.node_id or f"{socket.gethostname()}:{args.port}"
     for name, value in (("--cluster", args.cluster), ("--id", node_id)):
         if not value or any(c in value for c in "/+#\0"):
@@ -204,6 +232,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         broker_is_default=args.broker is None,
         sync_interval=args.sync_interval,
         event_loop=args.event_loop,
+        metrics_port=args.metrics_port,
     )
 
 

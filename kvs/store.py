@@ -87,6 +87,15 @@ class Fragment:
     versions: tuple[tuple[Version, str], ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """How much a store holds (for metrics): keys that exist, stored versions, tombstones."""
+
+    keys: int
+    versions: int
+    tombstones: int
+
+
 def _upper(at: Version | None) -> Version:
     """The version to read at: blank (None or <= 0) means the newest."""
     return at if at is not None and at > 0 else INT64_MAX
@@ -178,6 +187,14 @@ class Store:
         """How many keys exist (tombstones excluded)."""
         count: int = self._db.execute(_KEY_COUNT).fetchone()[0]
         return count
+
+    def stats(self) -> Stats:
+        """Keys, versions and tombstones, counted now (a scan: for a scrape, not for every call)."""
+        keys, versions, tombstones = self._db.execute(
+            f"""SELECT ({_KEY_COUNT}), (SELECT count(*) FROM versions), (SELECT count(*) FROM floors AS f
+            WHERE NOT EXISTS (SELECT 1 FROM versions WHERE key = f.key))"""
+        ).fetchone()
+        return Stats(keys, versions, tombstones)
 
     # Writes ----------------------------------------------------------------
 
