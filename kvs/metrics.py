@@ -274,7 +274,7 @@ class StoreCollector(Collector):
 Behavior: TypeAlias = Callable[..., Any]
 
 
-class _Interceptor(grpc.aio.ServerInterceptor[Any, Any]):
+class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in the stubs
     """Wraps each method's behaviour once (the wrapped handlers are cached per method)."""
 
     def __init__(self, metrics: Metrics) -> None:
