@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The kvs benchmark: kvs beside the ceilings of what it is built on, in one run.
 
-    scripts/bench.py [--rounds 3] [--seconds 1.2]
+    scripts/bench.py [--rounds 3] [--seconds 1.2] [--only throughput|lag|joiner|metrics]
 
 (from a fresh clone too: it runs ./compile.sh --dev first and re-runs itself in .venv).
 
@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():  # not yet in the p
     subprocess.run([str(ROOT / "compile.sh"), "--dev"], check=True)
     os.execv(PYTHON, [PYTHON, __file__, *sys.argv[1:]])
 sys.path.insert(0, str(ROOT))
+
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from tests.e2e.harness import KvsServer, Mosquitto, Process, free_port, listening, wait_for  # noqa: E402
 
@@ -84,6 +87,12 @@ class Bench:
         self.kvs = address(self.pair[0])
         self.kvs_asyncio = address(self._pair("bench-asyncio", ["--event-loop", "asyncio"])[0])
         self.kvs_alone = address(self._server("alone-1", "bench-alone", []))  # what the peer costs
+        # The same pair as self.pair with --metrics-port on both: what metrics cost.
+        self.metrics_port = free_port()
+        self.kvs_metrics = address(
+            self._server("metrics-1", "bench-metrics", ["--metrics-port", str(self.metrics_port)])
+        )
+        self._server("metrics-2", "bench-metrics", ["--metrics-port", str(free_port())])
         self.echo = {style: self._echo(style) for style in ("uvloop", "aio", "sync")}
 
     def _keep(self, process: Process) -> None:
@@ -160,6 +169,25 @@ class Bench:
                         self.record(
                             f"{mode}_c{concurrency}.{target}", unit, self.load(address, mode, concurrency)
                         )
+
+    def metrics(self) -> None:
+        """Put with metrics on and off, alternating which goes first in each round."""
+        pairs = [("on", self.kvs_metrics), ("off", self.kvs)]
+        for r in range(self.rounds):
+            for concurrency in (1, 16):
+                for target, address in pairs if r % 2 == 0 else reversed(pairs):
+                    rate = self.load(address, "put", concurrency)
+                    self.record(f"metrics_put_c{concurrency}.{target}", "calls/s", rate)
+        # The metrics were on: the measured server counted every Put it answered.
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as reply:
+            families = text_string_to_metric_families(reply.read().decode())
+        counted = sum(
+            sample.value
+            for family in families
+            for sample in family.samples
+            if sample.name == "kvs_grpc_requests_total" and sample.labels["method"].endswith("/Put")
+        )
+        self.record("metrics_puts_counted", "calls", counted)
 
     def lag(self) -> None:
         s1, s2 = self.pair
@@ -238,6 +266,16 @@ COMPARISONS = [
         )
         for c in (1, 16)
     ),
+    *(
+        Comparison(
+            f"put C={c} metrics on",
+            f"metrics_put_c{c}.on",
+            f"metrics_put_c{c}.off",
+            ">= 0.95",
+            lambda r: r >= 0.95,
+        )
+        for c in (1, 16)
+    ),
     Comparison("lag p50 at 1000/s", "lag_p50", "lag_p50.mqtt", "", lambda r: True),
     Comparison("lag p99 at 1000/s", "lag_p99", "lag_p99.mqtt", "<= 10 ms", lambda r: True),
     Comparison("late joiner SERVING", "joiner_serving", "joiner_empty_serving", "<= 2 s", lambda r: True),
@@ -276,7 +314,7 @@ def report(bench: Bench) -> None:
     print(f"medians of {bench.rounds} rounds; throughput windows of {bench.seconds} s after a 0.5 s warm-up")
 
 
-PARTS = ["throughput", "lag", "joiner"]
+PARTS = ["throughput", "metrics", "lag", "joiner"]
 
 
 def main() -> int:
