@@ -127,6 +127,7 @@ class Replicator:
         self._queue_full = False
         self._ticker: asyncio.Task[None] | None = None
         self._watchers: list[Callable[[str, Sequence[Fragment]], None]] = []
+        self._last_repair: float | None = None  # last_repair (issue 10, a2): carry over to the new adapter
 
     @property
     def cluster(self) -> str:
@@ -140,6 +141,12 @@ class Replicator:
     @property
     def connected(self) -> bool:
         return self._client.is_connected()
+
+    # last_repair (issue 10, a2): carry over to the new adapter ---------------------
+    @property
+    def last_repair(self) -> float | None:
+        """When this server last repaired buckets with a peer (time.time()), or None."""
+        return self._last_repair
 
     def watch(self, watcher: Callable[[str, Sequence[Fragment]], None]) -> Callable[[], None]:
         """Calls `watcher(origin, fragments)` after each batch from a peer is applied; returns an unwatch."""
@@ -263,6 +270,7 @@ class Replicator:
         stuck = {b for b in differing if theirs_before[b] == digest.buckets[b] and ours_before[b] == ours[b]}
         if stuck:
             log.info("repairing %d bucket(s) with %s", len(stuck), origin)
+            self._last_repair = time.time()  # last_repair (issue 10, a2)
             self._send_state(origin, stuck, send_back=stuck)
 
     # Catching up (event loop) ------------------------------------------------------
@@ -303,6 +311,7 @@ class Replicator:
             if self._awaiting is not None:
                 self._awaiting.discard(origin)
             if transfer.send_back:
+                self._last_repair = time.time()  # last_repair (issue 10, a2)
                 self._send_state(origin, transfer.send_back)
             self._check_caught_up()
 
