@@ -32,7 +32,7 @@ log = logging.getLogger("kvs.broker")
 DEFAULT_PORT = 1883
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
-# What every broker kvs starts is set to (see MEASURED.md): Nagle off, a queue
+# What every broker kvs starts is set to (docs/performance.md, "Measured facts"): Nagle off, a queue
 # long enough that a busy subscriber is not dropped from, nothing on disk.
 CONFIG = """\
 listener {port} 127.0.0.1

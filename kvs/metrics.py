@@ -76,6 +76,9 @@ class ReplicationMetrics(Protocol):
     def peers_up(self, count: int) -> None:
         """The number of peers known to be up, after it changed."""
 
+    def peers_differing(self, count: int) -> None:
+        """How many peers' latest digest differed from ours, after each digest received."""
+
     def caught_up(self, seconds: float) -> None:
         """Seconds from the replicator's start until it held its peers' state (once per start)."""
 
@@ -102,6 +105,9 @@ class NoMetrics:
         pass
 
     def peers_up(self, count: int) -> None:
+        pass
+
+    def peers_differing(self, count: int) -> None:
         pass
 
     def caught_up(self, seconds: float) -> None:
@@ -155,6 +161,9 @@ class Metrics:
             "kvs_replication_buckets_repaired", "Buckets sent to peers by repairs", registry=r
         )
         self._peers = Gauge("kvs_replication_peers_up", "Peers known to be up", registry=r)
+        self._differing = Gauge(
+            "kvs_replication_peers_differing", "Peers whose latest digest differed from ours", registry=r
+        )
         self._catch_up = Gauge(
             "kvs_replication_catch_up_seconds",
             "Seconds from start until this server held its peers' state",
@@ -225,6 +234,9 @@ class Metrics:
 
     def peers_up(self, count: int) -> None:
         self._peers.set(count)
+
+    def peers_differing(self, count: int) -> None:
+        self._differing.set(count)
 
     def caught_up(self, seconds: float) -> None:
         self._catch_up.set(seconds)

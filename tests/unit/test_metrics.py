@@ -39,6 +39,7 @@ def test_replication_methods_move_their_metrics_by_what_they_are_told() -> None:
     reports.buckets_repaired(2)
     reports.peers_up(2)
     reports.peers_up(1)
+    reports.peers_differing(1)
     reports.caught_up(1.25)
     reports.lag(0.0015)
     reports.lag(0.2)
@@ -53,6 +54,7 @@ def test_replication_methods_move_their_metrics_by_what_they_are_told() -> None:
     assert value(metrics, "kvs_replication_repairs_started_total") == 1
     assert value(metrics, "kvs_replication_buckets_repaired_total") == 5
     assert value(metrics, "kvs_replication_peers_up") == 1
+    assert value(metrics, "kvs_replication_peers_differing") == 1
     assert value(metrics, "kvs_replication_catch_up_seconds") == 1.25
     assert value(metrics, "kvs_replication_lag_seconds_count") == 3
     assert value(metrics, "kvs_replication_lag_seconds_sum") == pytest.approx(0.2015)
@@ -81,6 +83,7 @@ def test_the_null_metrics_take_every_call() -> None:
     NO_METRICS.repair_started()
     NO_METRICS.buckets_repaired(1)
     NO_METRICS.peers_up(1)
+    NO_METRICS.peers_differing(1)
     NO_METRICS.caught_up(1.0)
     NO_METRICS.lag(1.0)
 
