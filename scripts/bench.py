@@ -87,11 +87,12 @@ class Bench:
         self.kvs = address(self.pair[0])
         self.kvs_asyncio = address(self._pair("bench-asyncio", ["--event-loop", "asyncio"])[0])
         self.kvs_alone = address(self._server("alone-1", "bench-alone", []))  # what the peer costs
-        # The same pair as self.pair with --metrics-port on both: what metrics cost.
+        # Two more pairs, started alike, one with --metrics-port on both servers: what metrics cost.
         self.metrics_port = free_port()
-        self.kvs_metrics = address(
-            self._server("metrics-1", "bench-metrics", ["--metrics-port", str(self.metrics_port)])
-        )
+        self.metrics_pairs = {
+            "on": self._server("metrics-1", "bench-metrics", ["--metrics-port", str(self.metrics_port)]),
+            "off": self._pair("bench-no-metrics", [])[0],
+        }
         self._server("metrics-2", "bench-metrics", ["--metrics-port", str(free_port())])
         self.echo = {style: self._echo(style) for style in ("uvloop", "aio", "sync")}
 
@@ -171,13 +172,23 @@ class Bench:
                         )
 
     def metrics(self) -> None:
-        """Put with metrics on and off, alternating which goes first in each round."""
-        pairs = [("on", self.kvs_metrics), ("off", self.kvs)]
+        """Put with metrics on and off, alternating which goes first in each round.
+
+        Also the measured server's CPU time per Put (user + system, warm-up
+        included alike), which the other processes on the machine disturb less
+        than the rate.
+        """
+        pairs = list(self.metrics_pairs.items())
         for r in range(self.rounds):
             for concurrency in (1, 16):
-                for target, address in pairs if r % 2 == 0 else reversed(pairs):
-                    rate = self.load(address, "put", concurrency)
+                for target, server in pairs if r % 2 == 0 else reversed(pairs):
+                    cpu = _cpu_seconds(server.pid)
+                    rate = self.load(address(server), "put", concurrency)
+                    cpu = _cpu_seconds(server.pid) - cpu
                     self.record(f"metrics_put_c{concurrency}.{target}", "calls/s", rate)
+                    self.record(
+                        f"metrics_cpu_c{concurrency}.{target}", "us/put", cpu / (rate * self.seconds) * 1e6
+                    )
         # The metrics were on: the measured server counted every Put it answered.
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as reply:
             families = text_string_to_metric_families(reply.read().decode())
@@ -248,6 +259,12 @@ def address(server: KvsServer) -> str:
     return f"127.0.0.1:{server.port}"
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -273,6 +290,16 @@ COMPARISONS = [
             f"metrics_put_c{c}.off",
             ">= 0.95",
             lambda r: r >= 0.95,
+        )
+        for c in (1, 16)
+    ),
+    *(
+        Comparison(
+            f"CPU/put C={c} metrics",
+            f"metrics_cpu_c{c}.on",
+            f"metrics_cpu_c{c}.off",
+            "<= 1.05",
+            lambda r: r <= 1.05,
         )
         for c in (1, 16)
     ),
