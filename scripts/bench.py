@@ -89,11 +89,12 @@ class Bench:
         self.kvs_alone = address(self._server("alone-1", "bench-alone", []))  # what the peer costs
         # Two more pairs, started alike, one with --metrics-port on both servers: what metrics cost.
         self.metrics_port = free_port()
-        self.metrics_pairs = {
+        self.metrics_pairs = {  # started in turn, so that neither pair is the older
             "on": self._server("metrics-1", "bench-metrics", ["--metrics-port", str(self.metrics_port)]),
-            "off": self._pair("bench-no-metrics", [])[0],
+            "off": self._server("no-metrics-1", "bench-no-metrics", []),
         }
         self._server("metrics-2", "bench-metrics", ["--metrics-port", str(free_port())])
+        self._server("no-metrics-2", "bench-no-metrics", [])
         self.echo = {style: self._echo(style) for style in ("uvloop", "aio", "sync")}
 
     def _keep(self, process: Process) -> None:
