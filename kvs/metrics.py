@@ -34,11 +34,9 @@ from kvs.store import Stats
 
 log = logging.getLogger("kvs.metrics")
 
-RPC_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                      2.5, 5.0, 10.0)  # fmt: skip
+RPC_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5, 10.0)
 """Seconds: a kvs call takes a fraction of a millisecond, so the default buckets (from 5 ms) say nothing."""
-LAG_BUCKETS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                      30.0, 60.0)  # fmt: skip
+LAG_BUCKETS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5, 10.0, 60.0)
 """Seconds: lag is about a millisecond when all is well, and seconds to minutes while repairing."""
 SCRAPE_PATIENCE: Final = 5.0
 """Seconds a scrape waits for the event loop to read the store's gauges before leaving them out."""
