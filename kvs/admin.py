@@ -182,8 +182,8 @@ def table(records: Sequence[dict[str, object]]) -> list[str]:
         repaired = "never" if since is None else f"{since:.0f}s"
         peers = r["peers"]
         assert isinstance(peers, list)
-        rows.append([str(r["id"]), str(r["address"]), str(r["health"]), str(r["keys"]), str(r["digest"]),
-                     agrees, str(len(peers)), repaired])  # fmt: skip
+        rows.append([str(r["id"]), str(r["address"]), str(r["health"]), str(r["keys"])])
+        rows[-1] += [str(r["digest"]), agrees, str(len(peers)), repaired]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows

@@ -318,8 +318,8 @@ def _wrap(
         ("stream_stream", grpc.stream_stream_rpc_method_handler),
     )[2 * bool(handler.request_streaming) + bool(handler.response_streaming)]
     behavior: Behavior = getattr(handler, kind)
-    timed = _timed_stream(behavior, method, metrics) if inspect.isasyncgenfunction(behavior) else (
-        _timed_call(behavior, method, metrics))  # fmt: skip
+    timing = _timed_stream if inspect.isasyncgenfunction(behavior) else _timed_call
+    timed = timing(behavior, method, metrics)
     return make(timed, handler.request_deserializer, handler.response_serializer)
 
 

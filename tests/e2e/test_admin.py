@@ -44,9 +44,8 @@ def test_status_from_one_address_finds_the_peer_and_shows_a_row_each(processes: 
     assert sorted(table) == sorted([s1.name, s2.name])
     digest = table[s1.name][4]
     for server in (s1, s2):
-        assert table[server.name] == [
-            server.name, f"127.0.0.1:{server.port}", "SERVING", "2", digest, "all", "1", "never"
-        ]  # fmt: skip
+        address = f"127.0.0.1:{server.port}"
+        assert table[server.name] == [server.name, address, "SERVING", "2", digest, "all", "1", "never"]
 
 
 def test_status_tells_a_differing_digest_and_a_server_that_does_not_answer(processes: Processes) -> None:
