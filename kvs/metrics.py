@@ -45,8 +45,8 @@ DropReason: TypeAlias = Literal[
     "malformed",  # not a kvs payload: undecodable, a field out of range, or too large
     "foreign",  # another cluster's, or a format this server cannot read
     "misrouted",  # the wrong kind for its topic, another server's presence, or our own id from elsewhere
-    "unauthenticated",  # no valid tag made with the cluster key (SPEC section 5, coming)
-    "replayed",  # a valid message seen before (SPEC section 5, coming)
+    "unauthenticated",  # no valid tag made with the cluster key (docs/contract.md, "Security": coming)
+    "replayed",  # a valid message seen before (docs/contract.md, "Security": coming)
     "queue_full",  # one of ours that the MQTT client's full publish queue refused (anti-entropy repairs it)
 ]
 """Why a replication message was dropped: a fixed set, so that a hostile sender cannot mint label values."""
