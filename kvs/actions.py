@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from kvs.codec import Body
+from kvs.codec import Digest, Presence
 from kvs.store import Fragment
 
 Route = Literal["digest", "presence"] | str
@@ -15,7 +15,7 @@ Route = Literal["digest", "presence"] | str
 @dataclass(frozen=True, slots=True)
 class Publish:
     route: Route
-    body: Body
+    body: Digest | Presence  # the core publishes only these; batches and transfers go through the adapter
     retain: bool = False
 
 
@@ -37,6 +37,7 @@ class Apply:
     origin: str
     fragments: tuple[Fragment, ...]
     batch: bool = False
+    sent_ms: int = 0  # the sender's clock when it published the batch (replication lag)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,10 @@
 """The Admin service (a server's view of its own replica) and its command line.
 
-scripts/admin.sh status --porta 40000          id, peers, key count, digest
-scripts/admin.sh dump --porta 40000            every key's full state, one JSON line each
-scripts/admin.sh compare --porta 40000 40001   do these servers hold the same replica?
+scripts/admin.sh status 40000 40001      a table: a row per server (one address: it and its peers)
+scripts/admin.sh status --json 40000     the same, one JSON object per server
+scripts/admin.sh dump 40000              every key's full state, one JSON line each
+scripts/admin.sh compare 40000 40001     do these servers hold the same replica?
+scripts/admin.sh watch 40000             the batches a server applies from its peers
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ import asyncio
 import functools
 import json
 import operator
+import re
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvs._gen import replication_pb2 as pb
 from kvs._gen import replication_pb2_grpc as pb_grpc
@@ -51,6 +57,7 @@ class Admin(pb_grpc.AdminServicer):
             digest=self._store.digest(),
             caught_up=replicator.caught_up.is_set(),
             connected=replicator.connected,
+            last_repair_ms=0 if replicator.last_repair is None else int(replicator.last_repair * 1000),
         )
 
     async def Dump(
@@ -94,28 +101,114 @@ def dump_of(channel: grpc.Channel) -> list[dict[str, object]]:
     ]
 
 
-def status_of(channel: grpc.Channel) -> dict[str, object]:
-    reply = pb_grpc.AdminStub(channel).Status(pb.StatusRequest(), timeout=10)
-    return {
-        "id": reply.id,
-        "cluster": reply.cluster,
-        "peers": list(reply.peers),
-        "keys": reply.keys,
-        "caught_up": reply.caught_up,
-        "connected": reply.connected,
-        # A fingerprint to compare by eye: the XOR of every bucket's hash.
-        "digest": f"{functools.reduce(operator.xor, reply.digest, 0):016x}",
-    }
+ADDRESS = re.compile(r"(\[[^]]+\]|[^:\[\]]+):[0-9]{1,5}")
+"""HOST:PORT (or [IPv6]:PORT): a peer id of that shape is taken for its address."""
+
+
+@dataclass(frozen=True)
+class Server:
+    """One server as `status` found it: `reply` is None when it could not be asked."""
+
+    id: str
+    address: str | None  # None: known only by an id that is not an address
+    health: str  # SERVING, NOT_SERVING, or why it could not be asked
+    reply: pb.StatusReply | None = None
+
+
+def ask(address: str, known_as: str | None = None, tls: ClientTls | None = None) -> Server:
+    """The health and Admin.Status of the server at `address`."""
+    with open_channel(address, tls) as channel:
+        try:
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            reply = pb_grpc.AdminStub(channel).Status(pb.StatusRequest(), timeout=10)
+        except grpc.RpcError as error:
+            return Server(known_as or address, address, f"unreachable ({error.code().name})")
+    return Server(reply.id, address, health_pb2.HealthCheckResponse.ServingStatus.Name(health.status), reply)
+
+
+def survey(addresses: Sequence[str], tls: ClientTls | None = None) -> list[Server]:
+    """The servers at `addresses`; given one, also the peers it has seen, when their ids are addresses."""
+    servers = [ask(address, tls=tls) for address in addresses]
+    first = servers[0].reply
+    if len(addresses) == 1 and first is not None:
+        for peer in sorted(set(first.peers) - {first.id}):
+            servers.append(
+                ask(peer, peer, tls)
+                if ADDRESS.fullmatch(peer)
+                else Server(peer, None, "id is not an address")
+            )
+    return servers
+
+
+def fingerprint(digest: Sequence[int]) -> str:
+    """A digest to compare by eye: the XOR of every bucket's hash."""
+    return f"{functools.reduce(operator.xor, digest, 0):016x}"
+
+
+def describe(servers: Sequence[Server], now: float) -> list[dict[str, object]]:
+    """One JSON-ready record per server (None where it could not be asked)."""
+    digests = [tuple(s.reply.digest) if s.reply else None for s in servers]
+    answered = sum(d is not None for d in digests)
+    records: list[dict[str, object]] = []
+    for server, digest in zip(servers, digests, strict=True):
+        reply = server.reply
+        record: dict[str, object] = {"id": server.id, "address": server.address, "health": server.health}
+        if reply is not None:
+            record |= {
+                "cluster": reply.cluster,
+                "peers": list(reply.peers),
+                "keys": reply.keys,
+                "caught_up": reply.caught_up,
+                "connected": reply.connected,
+                "digest": fingerprint(reply.digest),
+                # How many of the other servers that answered hold the same digest.
+                "same_digest": sum(other == digest for other in digests) - 1,
+                "others": answered - 1,
+                "since_repair_s": round(now - reply.last_repair_ms / 1000, 1)
+                if reply.last_repair_ms
+                else None,
+            }
+        records.append(record)
+    return records
+
+
+def table(records: Sequence[dict[str, object]]) -> list[str]:
+    """The records as aligned columns, one line per server."""
+    rows = [["id", "address", "health", "keys", "digest", "agrees", "peers", "last_repair"]]
+    for r in records:
+        if "digest" not in r:
+            rows.append([str(r["id"]), str(r["address"] or "-"), str(r["health"]), *["-"] * 5])
+            continue
+        same, others = r["same_digest"], r["others"]
+        agrees = (
+            "-" if not others else "all" if same == others else "none" if not same else f"{same}/{others}"
+        )
+        since = r["since_repair_s"]
+        repaired = "never" if since is None else f"{since:.0f}s"
+        peers = r["peers"]
+        assert isinstance(peers, list)
+        rows.append([str(r["id"]), str(r["address"]), str(r["health"]), str(r["keys"])])
+        rows[-1] += [str(r["digest"]), agrees, str(len(peers)), repaired]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="admin.sh", description="Inspects the replicas of kvs servers.")
+    parser = argparse.ArgumentParser(
+        prog="admin.sh",
+        description="Inspects the replicas of kvs servers.",
+        epilog="status with one server also asks the peers it has seen, when their ids are HOST:PORT "
+        "addresses (the default id, <hostname>:<porta>, is one).",
+    )
     parser.add_argument("command", choices=["status", "dump", "compare", "watch"])
     parser.add_argument("servers", nargs="*", default=["40000"], help="PORT or HOST:PORT (40000)")
     parser.add_argument("--tls-ca", metavar="PATH", help="connect with TLS, trusting this PEM CA")
     parser.add_argument("--tls-cert", metavar="PATH", help="client certificate (PEM), for mutual TLS")
     parser.add_argument("--tls-key", metavar="PATH", help="the PEM private key of --tls-cert")
-    args = parser.parse_args(argv)
+    parser.add_argument("--json", action="store_true", help="status: one JSON object per server")
+    args = parser.parse_intermixed_args(argv)  # options before or after the servers
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
     servers = [f"localhost:{server}" if server.isdigit() else server for server in args.servers]
@@ -126,6 +219,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TlsError as error:
         print(f"admin.sh: error: {error}", file=sys.stderr)
         return 1
+    if args.command == "status":
+        records = describe(survey(servers, tls), time.time())
+        print(
+            "\n".join(json.dumps(r, ensure_ascii=False) for r in records)
+            if args.json
+            else "\n".join(table(records))
+        )
+        # 1 if a server that was asked did not answer (an id that is not an address is not asked).
+        return 0 if all("digest" in r or r["address"] is None for r in records) else 1
     channels = {server: open_channel(server, tls) for server in servers}
     try:
         return run(args.command, channels)
@@ -152,9 +254,7 @@ def run(command: str, channels: dict[str, grpc.Channel]) -> int:
     results: list[list[dict[str, object]]] = []
     for server, channel in channels.items():
         try:
-            if command == "status":
-                print(json.dumps(status_of(channel), ensure_ascii=False))
-            elif command == "dump":
+            if command == "dump":
                 for line in dump_of(channel):
                     print(json.dumps(line, ensure_ascii=False))
             elif command == "watch":

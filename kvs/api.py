@@ -7,7 +7,7 @@
         c.put("fruta", "maçã")
         print(c.get("fruta").val, c.get("fruta", at=first.ver).val, c.get("nada").found)
 
-Replies become frozen dataclasses. SPEC section 2's two "not found" forms are
+Replies become frozen dataclasses. docs/contract.md, "The calls"'s two "not found" forms are
 told apart by `KeyValue.status`: `Status.NO_KEY` (the key does not exist:
 ver 0) and `Status.NOT_AT_VERSION` (it exists, but holds nothing at or below
 the version asked: the reply echoes that version with an empty value).
@@ -50,7 +50,7 @@ class KeyValue:
     """One key's reply to a read, delete or trim.
 
     A value "" stored at exactly the version asked looks, on the wire, the same
-    as `Status.NOT_AT_VERSION` (SPEC section 2 echoes the version asked with an
+    as `Status.NOT_AT_VERSION` (docs/contract.md, "The calls" echoes the version asked with an
     empty value); such a reply is reported as `NOT_AT_VERSION`.
     """
 
@@ -286,7 +286,7 @@ def _key(key: str, at: int | None = None) -> pb.KeyRequest:
 
 
 def _key_value(reply: pb.KeyValueVersionReply, at: int | None) -> KeyValue:
-    """SPEC section 2's forms: (key, "", 0) no key; (key, "", at) nothing at or below `at`."""
+    """docs/contract.md, "The calls"'s forms: (key, "", 0) no key; (key, "", at) nothing at or below `at`."""
     if reply.ver == 0:
         status = Status.NO_KEY
     elif at is not None and at > 0 and reply.ver == at and not reply.val:

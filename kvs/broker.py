@@ -9,7 +9,7 @@ it, the others reuse it, and the last one to leave (the one that can lock
 server, so a crash never keeps the broker alive for ever: the next server that
 leaves cleanly stops it.
 
-The private broker accepts no anonymous client (SPEC section 5): one user,
+The private broker accepts no anonymous client (docs/contract.md, "Security"): one user,
 `kvs`, whose password is generated once and kept 0600 next to the cluster key
 (`$XDG_CONFIG_HOME/kvs/broker-<port>.password`), where the other servers of
 the same user find it. An ACL lets that user alone publish and subscribe, under
@@ -52,8 +52,8 @@ LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 USER: Final = "kvs"
 """The one user of the private broker."""
 
-# What every broker kvs starts is set to (docs/performance.md): Nagle off, a queue
-# long enough that a busy subscriber is not dropped from, nothing on disk. And
+# What every broker kvs starts is set to (docs/performance.md, "Measured facts"): Nagle
+# off, a queue long enough that a busy subscriber is not dropped from, nothing on disk. And
 # no anonymous clients. `user`: run as root, mosquitto would otherwise become
 # the user `mosquitto`, who cannot read the 0600 password file.
 CONFIG = """\

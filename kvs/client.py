@@ -1,4 +1,4 @@
-"""The kvs command-line client (SPEC section 4), on top of kvs.Client (kvs/api.py).
+"""The kvs command-line client (docs/contract.md, "The command line"), on top of kvs.Client (kvs/api.py).
 
 Its flags and its help are the seed client's, in Portuguese, word for word:
 scripts and course material written for the original client keep working.
@@ -144,7 +144,7 @@ def usage_problem(args: argparse.Namespace) -> str | None:
 
 
 def read_version(args: argparse.Namespace) -> int | None:
-    """The version a read is made at: the largest --versao given (SPEC: blank ones do not count)."""
+    """The version a read is made at: the largest --versao given (docs/contract.md: blank ones do not count)."""
     versions: list[int] = [v for v in args.versao or [] if v > 0]
     if args.operation in ("get", "getrange", "getall") and versions:
         return max(versions)
@@ -206,7 +206,7 @@ def readable(result: Result) -> str:
 
 
 def as_json(result: Result) -> str:
-    """The reply's raw fields, as on the wire (SPEC section 1)."""
+    """The reply's raw fields, as on the wire (docs/contract.md, "The interface")."""
     if isinstance(result, Written):
         fields: dict[str, object] = {
             "key": result.key, "old_val": result.old_val, "old_ver": result.old_ver, "ver": result.ver,

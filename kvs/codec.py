@@ -114,6 +114,10 @@ class Codec:
         envelope.digest.since = body.since
         return self._seal(envelope)
 
+    def encode(self, body: Digest | Presence) -> bytes:
+        """A digest or presence payload (the sync core's own messages; batches and transfers are split)."""
+        return self.digest(body) if isinstance(body, Digest) else self.presence(body.up)
+
     def presence(self, up: bool = True) -> bytes:
         envelope = self._envelope()
         envelope.presence.up = up
@@ -180,17 +184,17 @@ class Codec:
         if len(payload) > MAX_PAYLOAD:
             raise CodecError(f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD}-byte limit")
         if payload[0] != FORMAT:
-            raise CodecError(f"unknown payload format {payload[0]} (this server reads {FORMAT})")
+            raise CodecError(f"unknown payload format {payload[0]} (this server reads {FORMAT})", "foreign")
         tag, body = payload[1 : 1 + TAG], payload[1 + TAG :]
         if not hmac.compare_digest(tag, hmac.digest(self._key, body, hashlib.sha256)):
-            raise CodecError("bad authentication tag (not signed with this cluster's key)")
+            raise CodecError("bad authentication tag (not signed with this cluster's key)", "unauthenticated")
         envelope = pb.Envelope()
         try:
             envelope.ParseFromString(body)
         except DecodeError as error:
             raise CodecError(f"not a kvs message ({len(payload)} bytes): {error}") from None
         if envelope.cluster != self.cluster:
-            raise CodecError(f"message for cluster {envelope.cluster!r}, this is {self.cluster!r}")
+            raise CodecError(f"message for cluster {envelope.cluster!r}, this is {self.cluster!r}", "foreign")
         if not envelope.origin:
             raise CodecError("message without an origin")
         if not envelope.epoch or not envelope.counter:

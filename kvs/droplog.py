@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from typing import Final
+from typing import Final, cast
+
+from kvs.metrics import NO_METRICS, DropReason, ReplicationMetrics
 
 log = logging.getLogger("kvs.replication")
 
@@ -16,11 +18,14 @@ LOG_EVERY: Final = 10.0
 class DropLog:
     """One log line per reason per LOG_EVERY seconds, with the count of what was dropped meanwhile."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: ReplicationMetrics = NO_METRICS) -> None:
+        self._metrics = metrics
         self._counts: Counter[str] = Counter()
         self._last: dict[str, float] = {}
 
     def drop(self, reason: str, detail: str) -> None:
+        """`reason`: one of kvs.metrics.DropReason; `detail`: the latest example, for the log."""
+        self._metrics.dropped(cast(DropReason, reason))
         now = time.monotonic()
         self._counts[reason] += 1
         if now - self._last.get(reason, -LOG_EVERY) >= LOG_EVERY:

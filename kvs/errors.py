@@ -18,7 +18,14 @@ class VersionExhausted(KvsError):
 
 
 class CodecError(KvsError):
-    """A replication payload that is not a well-formed message for this cluster."""
+    """A replication payload that is not a well-formed message for this cluster.
+
+    `reason` is one of kvs.metrics.DropReason: "malformed", "foreign", "misrouted",
+    "unauthenticated" (a fixed set: a hostile sender cannot mint metric labels)."""
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class BrokerUnreachable(KvsError):

@@ -1,4 +1,4 @@
-"""Secret files: the cluster key, and the passwords kvs keeps next to it (SPEC section 5).
+"""Secret files: the cluster key, and the passwords kvs keeps next to it (docs/contract.md, "Security").
 
 The cluster key is 32 random bytes. Without `--cluster-key-file`, a server
 uses `$XDG_CONFIG_HOME/kvs/<cluster>.key` (`~/.config/kvs/<cluster>.key`),

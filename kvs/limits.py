@@ -4,7 +4,7 @@ gRPC refuses any message larger than the receiver's limit (RESOURCE_EXHAUSTED),
 4 MiB by default on both sides. If the server accepted requests up to 4 MiB,
 the reply to a Put of 4 MiB (and every later read of that value) would be a few
 bytes larger than the client may receive: a call that changed data would look
-failed, and the value could never be read again (SPEC section 2, guarantee 8).
+failed, and the value could never be read again (docs/contract.md, "The calls", guarantee 8).
 So the server accepts requests up to the reply limit less the most any reply
 adds to the request that put its contents there.
 
@@ -20,7 +20,7 @@ varint; proto3 leaves out empty strings and zeros):
   A not-found reply carries only the requested key, from a request that fit too.
 - Then the versions: at most two (PutReply's old_ver and ver). Versions are
   milliseconds no later than 253402300799999 (the last one of year 9999,
-  SPEC section 5), which is below 2^48, so a varint of at most 7 bytes
+  docs/contract.md, "Security"), which is below 2^48, so a varint of at most 7 bytes
   (7 bits each: 49 bits): 1 tag + 7 = 8 bytes per version, 16 for two.
 
 Largest reply = largest request + 16, so MAX_REQUEST_BYTES = 4 MiB - 16 =

@@ -6,7 +6,7 @@ between), so replication sees writes in the order the store accepted them and
 no caller can forget to publish. Then, if a `Commits` is given, it waits until
 the write is durable (group commit, --data-dir) before it returns.
 
-Bounded work (SPEC guarantee 8): nothing here holds the event loop for long.
+Bounded work (docs/contract.md, guarantee 8): nothing here holds the event loop for long.
 Large operations run in slices of about `SLICE_ROWS` rows, with
 `await asyncio.sleep(0)` in between so other calls are served meanwhile:
 

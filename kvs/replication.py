@@ -21,15 +21,16 @@ import paho.mqtt.client as mqtt
 from kvs.actions import Action, Apply, Publish, SendState, Serve
 from kvs.broker import Address, BrokerAuth
 from kvs.clock import now_ms
-from kvs.codec import Codec, Digest, Presence, chunks
+from kvs.codec import Batch, Codec, Presence, chunks
 from kvs.droplog import DropLog
 from kvs.errors import CodecError
+from kvs.metrics import NO_METRICS, ReplicationMetrics
 from kvs.replicated import join_in_slices
 from kvs.sending import Kept, state_pages
 from kvs.session import Session
 from kvs.store import Fragment, Store
 from kvs.sync import Sync
-from kvs.topics import UPTIME, Topics
+from kvs.topics import UPTIME, Topics, uptime
 
 log = logging.getLogger("kvs.replication")
 
@@ -57,6 +58,7 @@ class Replicator:
         sync_interval: float = 5.0,
         fresh: bool = False,
         auth: BrokerAuth | None = None,
+        metrics: ReplicationMetrics = NO_METRICS,
     ) -> None:
         self.node_id, self.cluster, self.broker = node_id, cluster, broker
         self.caught_up = asyncio.Event()
@@ -84,7 +86,8 @@ class Replicator:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._started = time.monotonic()
-        self._drops = DropLog()
+        self._metrics = metrics
+        self._drops = DropLog(metrics)
         self._watchers: list[Callable[[str, Sequence[Fragment]], None]] = []
 
     @property
@@ -98,15 +101,14 @@ class Replicator:
 
     @property
     def last_repair(self) -> float | None:
-        """time.monotonic() of the last repair this server started, if any."""
-        return self._sync.last_repair
+        """When (time.time()) this server last took part in a repair, if ever."""
+        at = self._sync.last_repair
+        return None if at is None else time.time() - (time.monotonic() - at)
 
     def watch(self, watcher: Callable[[str, Sequence[Fragment]], None]) -> Callable[[], None]:
         """Calls `watcher(origin, fragments)` after each batch from a peer is applied; returns an unwatch."""
         self._watchers.append(watcher)
         return lambda: self._watchers.remove(watcher)
-
-    # Lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Connects to the broker (or raises BrokerUnreachable); catching up goes on in the background."""
@@ -129,8 +131,6 @@ class Replicator:
         self._flush()
         await self._session.stop((self._topics.route("presence"), self._codec.presence(up=False)))
 
-    # Publishing ----------------------------------------------------------------------
-
     def _flush(self) -> None:
         self._flush_at = None
         self._last_flush = self._loop.time()
@@ -140,22 +140,11 @@ class Replicator:
             seq = self._sync.next_batch_seq()
             self._kept.add(seq, chunk)
             if len(self._writes) >= window:
-                self._drops.drop("write window full", "the peers will ask for what they miss")
+                self._drops.drop("queue_full", "the write window is full: the peers will ask for them")
                 continue  # its number is skipped: the peers notice and ask (kvs.sync)
             payload = self._codec.batch(chunk, seq)
             self._writes.add(self._session.publish(self._topics.route("batch"), payload).mid)
-
-    def _publish(self, action: Publish) -> None:
-        body = action.body
-        if isinstance(body, Digest):
-            payload = self._codec.digest(body)
-        elif isinstance(body, Presence):
-            payload = self._codec.presence(body.up)
-        else:
-            raise TypeError(f"the core does not publish {type(body).__name__}")
-        self._session.publish(self._topics.route(action.route), payload, retain=action.retain)
-
-    # The core's actions, in order, in slices -------------------------------------------
+            self._metrics.batch_sent(len(payload))
 
     def _run(self, actions: Sequence[Action]) -> None:
         self._work.extend(actions)
@@ -170,13 +159,19 @@ class Replicator:
 
     async def _do(self, action: Action) -> None:
         if isinstance(action, Publish):
-            self._publish(action)
+            payload = self._codec.encode(action.body)
+            self._session.publish(self._topics.route(action.route), payload, retain=action.retain)
         elif isinstance(action, Apply):
             await join_in_slices(self._store, action.fragments)
+            if action.sent_ms:
+                self._metrics.lag(max(0, now_ms() - action.sent_ms) / 1000)
             if action.batch:
                 for watcher in self._watchers:
                     watcher(action.origin, action.fragments)
         elif isinstance(action, SendState):
+            if action.send_back or action.since:  # a repair this server takes part in
+                self._metrics.repair_started()
+                self._metrics.buckets_repaired(len(action.send_back))
             await self._send_state(action)
         elif isinstance(action, Serve):
             log.info(
@@ -184,6 +179,7 @@ class Replicator:
                 self._store.key_count(),
                 time.monotonic() - self._started,
             )
+            self._metrics.caught_up(time.monotonic() - self._started)
             self.caught_up.set()
         elif action.drop:
             self._drops.drop(action.drop, action.text)
@@ -203,14 +199,17 @@ class Replicator:
         interval = self._sync.interval
         next_tick = time.monotonic() + interval * random.uniform(0.8, 1.2)
         while True:
-            # Poll often while joining (serving may begin once the broker has settled);
-            # tick every interval, with jitter so that servers do not publish in lockstep.
+            # Poll often while joining; tick every interval, with jitter against lockstep.
             await asyncio.sleep(0.05 if not self._sync.serving else max(0.0, next_tick - time.monotonic()))
             now = time.monotonic()
             self._run(self._sync.poll(now))
             if now >= next_tick:
                 next_tick = now + interval * random.uniform(0.8, 1.2)
-                self._run(self._sync.tick(now, self._store.digest()))
+                ours = self._store.digest()
+                self._run(self._sync.tick(now, ours))
+                peers = self._sync.peers.values()
+                self._metrics.peers_up(sum(p.present for p in peers))
+                self._metrics.peers_differing(sum(bool(p.digests and p.digests[0] != ours) for p in peers))
 
     # The session's events (kvs.session), on the event loop -------------------------------
 
@@ -221,8 +220,7 @@ class Replicator:
         self._run(self._sync.disconnected(time.monotonic()))
 
     def on_subscribed(self) -> None:
-        # The broker sends the retained presences after the SUBACK, so they all
-        # arrive before our own presence comes back to us.
+        # The retained presences follow the SUBACK: all arrive before our own comes back.
         self._run(self._sync.subscribed(time.monotonic()))
 
     def on_published(self, mid: int) -> None:
@@ -231,14 +229,13 @@ class Replicator:
     def on_message(self, message: mqtt.MQTTMessage) -> None:
         topic, now = message.topic, time.monotonic()
         if topic == UPTIME:
-            seconds = bytes(message.payload).split(b" ")[0]
-            if seconds.isdigit():
-                self._run(self._sync.broker_uptime(int(seconds), now))
+            if (seconds := uptime(bytes(message.payload))) is not None:
+                self._run(self._sync.broker_uptime(seconds, now))
             return
         try:
             decoded = self._topics.check(topic, self._codec.decode(bytes(message.payload)))
         except CodecError as error:
-            self._drops.drop(str(error).split(" (")[0], f"on {topic}: {error}")
+            self._drops.drop(error.reason, f"on {topic}: {error}")
             if topic == self._topics.route("presence"):
                 self._run(self._sync.presence_overwritten(now))
             return
@@ -247,4 +244,6 @@ class Replicator:
             if not message.retain and decoded.body == Presence(up=True):
                 self._run(self._sync.own_presence(now, self._store.digest()))
             return
+        if isinstance(decoded.body, Batch):
+            self._metrics.batch_received(len(message.payload))
         self._run(self._sync.message(decoded, now, self._store.digest()))

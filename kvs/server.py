@@ -33,6 +33,7 @@ from kvs.clock import now_ms
 from kvs.errors import BrokerRefused, BrokerUnreachable, ConfigError
 from kvs.keys import load_cluster_key, read_password
 from kvs.limits import MAX_REQUEST_BYTES
+from kvs.metrics import NO_METRICS, Metrics
 from kvs.replicated import ReplicatedStore
 from kvs.replication import Replicator
 from kvs.service import SERVICE_NAME, KeyValueStore
@@ -60,23 +61,30 @@ class Settings:
     cluster_key: bytes  # 32 bytes (kvs.keys)
     broker_auth: BrokerAuth  # credentials and TLS; the private broker's own when it is used
     tls: ServerTls | None = None  # --tls-cert, --tls-key, --tls-client-ca
+    metrics_port: int | None = None  # --metrics-port: serve Prometheus metrics there (kvs.metrics)
 
 
 class Server:
     """One gRPC server over one store: construct, `start()` (returns the port), `stop()`."""
 
     def __init__(
-        self, store: ReplicatedStore, address: str, admin: Admin | None = None, tls: ServerTls | None = None
+        self,
+        store: ReplicatedStore,
+        address: str,
+        admin: Admin | None = None,
+        tls: ServerTls | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.ready = asyncio.Event()
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs predate .aio
         self._grpc = grpc.aio.server(
+            interceptors=[metrics.interceptor()] if metrics else None,
             options=[
                 # Below the clients' receive limit by a reply's overhead (kvs.limits).
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 # Without this, a second server on a taken port would start silently.
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         kvs_pb2_grpc.add_KeyValueStoreServicer_to_server(KeyValueStore(store, self.ready), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
@@ -150,6 +158,7 @@ async def serve(settings: Settings) -> int:
             print(f"{BROKER_ERROR} ({settings.broker}: {error})", file=sys.stderr)
             return 1
     fresh = bool(embedded and embedded.fresh)
+    metrics = Metrics(store.stats) if settings.metrics_port is not None else None
     replicator = Replicator(
         store,
         settings.cluster,
@@ -159,12 +168,14 @@ async def serve(settings: Settings) -> int:
         sync_interval=settings.sync_interval,
         fresh=fresh,
         auth=settings.broker_auth,
+        metrics=metrics or NO_METRICS,
     )
     server = Server(
         ReplicatedStore(store, replicator.publish),
         f"{settings.listen}:{settings.port}",
         Admin(store, replicator),
         settings.tls,
+        metrics,
     )
     try:
         port = await server.start()
@@ -182,6 +193,11 @@ async def serve(settings: Settings) -> int:
         settings.node_id,
         settings.cluster,
     )
+    if metrics and not _serve_metrics(metrics, settings):
+        await server.stop(0)
+        if embedded:
+            await asyncio.to_thread(embedded.release)
+        return 1
 
     try:
         await replicator.start()
@@ -204,10 +220,24 @@ async def serve(settings: Settings) -> int:
     log.info("shutting down")
     await server.stop()
     await replicator.stop()
+    if metrics:
+        metrics.stop()
     if embedded:
         await asyncio.to_thread(embedded.release)
     log.info("stopped")
     return 0
+
+
+def _serve_metrics(metrics: Metrics, settings: Settings) -> bool:
+    """Serves /metrics on --metrics-port; False (and a log line) if it cannot."""
+    assert settings.metrics_port is not None
+    try:
+        port = metrics.serve(settings.metrics_port, settings.listen.strip("[]"))
+    except OSError as error:
+        log.error("cannot serve metrics on port %s (%s): is the port in use?", settings.metrics_port, error)
+        return False
+    log.info("metrics on http://%s:%d/metrics", settings.listen, port)
+    return True
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
@@ -256,9 +286,17 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument(
         "--tls-client-ca", metavar="PATH", help="require client certificates signed by this CA (mutual TLS)"
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://LISTEN:PORT/metrics (off)",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--porta must be between 0 and 65535, not {args.port}")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        parser.error(f"--metrics-port must be between 0 and 65535, not {args.metrics_port}")
     node_id = args.node_id or f"{socket.gethostname()}:{args.port}"
     for name, value in (("--cluster", args.cluster), ("--id", node_id)):
         if not value or any(c in value for c in "/+#\0"):
@@ -293,6 +331,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         cluster_key=load_cluster_key(args.cluster_key_file, args.cluster),
         broker_auth=_broker_auth(args, broker, broker_is_default),
         tls=tls,
+        metrics_port=args.metrics_port,
     )
 
 

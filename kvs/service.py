@@ -1,4 +1,4 @@
-"""The gRPC servicer: validate -> store -> reply (SPEC section 2).
+"""The gRPC servicer: validate -> store -> reply (docs/contract.md, "The calls").
 
 Runs on the server's asyncio event loop, the one thread that owns the store
 (kvs/server.py). It writes through `ReplicatedStore` (kvs.replicated), which
@@ -74,7 +74,7 @@ def _status(error: KvsError) -> tuple[grpc.StatusCode, str]:
 
 
 class KeyValueStore(pb_grpc.KeyValueStoreServicer):
-    """The nine RPCs of SPEC section 1 over one store."""
+    """The nine RPCs of docs/contract.md, "The interface" over one store."""
 
     def __init__(self, store: ReplicatedStore, ready: asyncio.Event) -> None:
         self._store = store

@@ -54,7 +54,7 @@ Clock: TypeAlias = Callable[[], Version]
 
 INT64_MAX: Final = 2**63 - 1
 MAX_VERSION: Final = 253_402_300_799_999
-"""The largest version a key can hold: the last millisecond of year 9999 (SPEC section 5).
+"""The largest version a key can hold: the last millisecond of year 9999 (docs/contract.md, "Security").
 Anything above it in a request or a message is refused, so no key can be blocked for ever."""
 BUCKETS: Final = 256
 """Digest granularity: a difference between replicas is repaired bucket by bucket."""
@@ -86,6 +86,15 @@ class Fragment:
     key: str
     floor: Version = 0
     versions: tuple[tuple[Version, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """How much a store holds (for metrics): keys that exist, stored versions, tombstones."""
+
+    keys: int
+    versions: int
+    tombstones: int
 
 
 def _upper(at: Version | None) -> Version:
@@ -231,6 +240,14 @@ class Store:
         """How many keys exist (tombstones excluded)."""
         count: int = self._db.execute(_KEY_COUNT).fetchone()[0]
         return count
+
+    def stats(self) -> Stats:
+        """Keys, versions and tombstones, counted now (a scan: for a scrape, not for every call)."""
+        keys, versions, tombstones = self._db.execute(
+            f"""SELECT ({_KEY_COUNT}), (SELECT count(*) FROM versions), (SELECT count(*) FROM floors AS f
+            WHERE NOT EXISTS (SELECT 1 FROM versions WHERE key = f.key))"""
+        ).fetchone()
+        return Stats(keys, versions, tombstones)
 
     # Writes ----------------------------------------------------------------
 

@@ -123,7 +123,8 @@ class Sync:
         if peer is None:
             return [Note(f"dropped a replayed message from {origin}", drop="replayed")]
         if isinstance(body, Batch):
-            return [Apply(origin, body.fragments, batch=True), *self._batch_seen(origin, body.seq, now, ours)]
+            apply = Apply(origin, body.fragments, batch=True, sent_ms=message.sent_ms)
+            return [apply, *self._batch_seen(origin, body.seq, now, ours)]
         if isinstance(body, Digest):
             return self._digest(origin, body, now, ours)
         if isinstance(body, Transfer):

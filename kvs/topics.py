@@ -58,9 +58,15 @@ class Topics:
         else:
             expected = (Presence,)
             if topic != self.presence(message.origin):
-                raise CodecError(f"presence of {message.origin!r} on another server's topic")
+                raise CodecError(f"presence of {message.origin!r} on another server's topic", "misrouted")
         if not isinstance(message.body, expected):
-            raise CodecError(f"a {type(message.body).__name__} on {topic}")
+            raise CodecError(f"a {type(message.body).__name__} on {topic}", "misrouted")
         if message.origin == self.node_id and not isinstance(message.body, Presence):
-            raise CodecError("claims to come from this server")
+            raise CodecError("claims to come from this server", "misrouted")
         return message
+
+
+def uptime(payload: bytes) -> int | None:
+    """The seconds in Mosquitto's `$SYS/broker/uptime` payload ("42 seconds"), if that is what it is."""
+    seconds = payload.split(b" ")[0]
+    return int(seconds) if seconds.isdigit() else None

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The kvs benchmark: kvs beside the ceilings of what it is built on, in one run.
 
-    scripts/bench.py [--rounds 3] [--seconds 1.2]
+    scripts/bench.py [--rounds 3] [--seconds 1.2] [--only throughput|lag|joiner|metrics]
 
 (from a fresh clone too: it runs ./compile.sh --dev first and re-runs itself in .venv).
 
@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():  # not yet in the p
     subprocess.run([str(ROOT / "compile.sh"), "--dev"], check=True)
     os.execv(PYTHON, [PYTHON, __file__, *sys.argv[1:]])
 sys.path.insert(0, str(ROOT))
+
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from tests.e2e.harness import KvsServer, Mosquitto, Process, free_port, listening, wait_for  # noqa: E402
 
@@ -84,6 +87,14 @@ class Bench:
         self.kvs = address(self.pair[0])
         self.kvs_asyncio = address(self._pair("bench-asyncio", ["--event-loop", "asyncio"])[0])
         self.kvs_alone = address(self._server("alone-1", "bench-alone", []))  # what the peer costs
+        # Two more pairs, started alike, one with --metrics-port on both servers: what metrics cost.
+        self.metrics_port = free_port()
+        self.metrics_pairs = {  # started in turn, so that neither pair is the older
+            "on": self._server("metrics-1", "bench-metrics", ["--metrics-port", str(self.metrics_port)]),
+            "off": self._server("no-metrics-1", "bench-no-metrics", []),
+        }
+        self._server("metrics-2", "bench-metrics", ["--metrics-port", str(free_port())])
+        self._server("no-metrics-2", "bench-no-metrics", [])
         self.echo = {style: self._echo(style) for style in ("uvloop", "aio", "sync")}
 
     def _keep(self, process: Process) -> None:
@@ -161,6 +172,35 @@ class Bench:
                             f"{mode}_c{concurrency}.{target}", unit, self.load(address, mode, concurrency)
                         )
 
+    def metrics(self) -> None:
+        """Put with metrics on and off, alternating which goes first in each round.
+
+        Also the measured server's CPU time per Put (user + system, warm-up
+        included alike), which the other processes on the machine disturb less
+        than the rate.
+        """
+        pairs = list(self.metrics_pairs.items())
+        for r in range(self.rounds):
+            for concurrency in (1, 16):
+                for target, server in pairs if r % 2 == 0 else reversed(pairs):
+                    cpu = _cpu_seconds(server.pid)
+                    rate = self.load(address(server), "put", concurrency)
+                    cpu = _cpu_seconds(server.pid) - cpu
+                    self.record(f"metrics_put_c{concurrency}.{target}", "calls/s", rate)
+                    self.record(
+                        f"metrics_cpu_c{concurrency}.{target}", "us/put", cpu / (rate * self.seconds) * 1e6
+                    )
+        # The metrics were on: the measured server counted every Put it answered.
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as reply:
+            families = text_string_to_metric_families(reply.read().decode())
+        counted = sum(
+            sample.value
+            for family in families
+            for sample in family.samples
+            if sample.name == "kvs_grpc_requests_total" and sample.labels["method"].endswith("/Put")
+        )
+        self.record("metrics_puts_counted", "calls", counted)
+
     def lag(self) -> None:
         s1, s2 = self.pair
         count = LAG_RATE * LAG_SECONDS
@@ -220,6 +260,12 @@ def address(server: KvsServer) -> str:
     return f"127.0.0.1:{server.port}"
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -235,6 +281,26 @@ COMPARISONS = [
             ("get", ">= 0.8", lambda r: r >= 0.8),
             ("putall", ">= 0.7", lambda r: r >= 0.7),
             ("getall", ">= 0.7", lambda r: r >= 0.7),
+        )
+        for c in (1, 16)
+    ),
+    *(
+        Comparison(
+            f"put C={c} metrics on",
+            f"metrics_put_c{c}.on",
+            f"metrics_put_c{c}.off",
+            ">= 0.95",
+            lambda r: r >= 0.95,
+        )
+        for c in (1, 16)
+    ),
+    *(
+        Comparison(
+            f"CPU/put C={c} metrics",
+            f"metrics_cpu_c{c}.on",
+            f"metrics_cpu_c{c}.off",
+            "<= 1.05",
+            lambda r: r <= 1.05,
         )
         for c in (1, 16)
     ),
@@ -276,7 +342,7 @@ def report(bench: Bench) -> None:
     print(f"medians of {bench.rounds} rounds; throughput windows of {bench.seconds} s after a 0.5 s warm-up")
 
 
-PARTS = ["throughput", "lag", "joiner"]
+PARTS = ["throughput", "metrics", "lag", "joiner"]
 
 
 def main() -> int:

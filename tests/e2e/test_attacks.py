@@ -1,4 +1,4 @@
-"""Hostile publishers on the broker (SPEC section 5, guarantee 5): what someone without the
+"""Hostile publishers on the broker (docs/contract.md, "Security", guarantee 5): what someone without the
 cluster key can do to a running cluster, each as the attack was first tried by hand."""
 
 from __future__ import annotations

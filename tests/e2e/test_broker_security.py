@@ -1,4 +1,4 @@
-"""Security around the broker (SPEC section 5): the cluster key file, broker credentials, the
+"""Security around the broker (docs/contract.md, "Security"): the cluster key file, broker credentials, the
 private broker's password and ACL, MQTT over TLS. Real mosquitto, real ./server.sh processes."""
 
 from __future__ import annotations

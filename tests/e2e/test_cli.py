@@ -1,4 +1,4 @@
-"""`./server.sh` and `./client.sh` as a person uses them (SPEC section 4)."""
+"""`./server.sh` and `./client.sh` as a person uses them (docs/contract.md, "The command line")."""
 
 from __future__ import annotations
 

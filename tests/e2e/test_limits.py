@@ -1,5 +1,5 @@
 """The size limits end to end: what a real server accepts at the exact edges, the CLI reads back
-(SPEC section 2 and guarantee 8; kvs/limits.py has the arithmetic)."""
+(docs/contract.md, "The calls" and guarantee 8; kvs/limits.py has the arithmetic)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Replication through a real mosquitto between real servers (SPEC section 3)."""
+"""Replication through a real mosquitto between real servers (docs/contract.md, "Replication")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""gRPC over TLS and mutual TLS with real processes (SPEC section 5): certificates
+"""gRPC over TLS and mutual TLS with real processes (docs/contract.md, "Security"): certificates
 made by trustme, `./server.sh --tls-cert/--tls-key[/--tls-client-ca]`, and
 `./client.sh` and `scripts/admin.sh` with `--tls-ca[/--tls-cert/--tls-key]`."""
 

@@ -1,4 +1,4 @@
-"""Size limits at their exact edges (kvs/limits.py, SPEC section 2 and guarantee 8).
+"""Size limits at their exact edges (kvs/limits.py, docs/contract.md, "The calls" and guarantee 8).
 
 The largest request the server accepts, with the largest key or the largest
 value, gets a reply, and every later read of it fits a client's 4 MiB receive
@@ -22,7 +22,7 @@ from tests.integration.conftest import Running
 from tests.sizes import request_of_size
 
 LAST_VERSION = 253402300799999
-"""The last millisecond of year 9999: no version is larger (SPEC section 5)."""
+"""The last millisecond of year 9999: no version is larger (docs/contract.md, "Security")."""
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Secret files (SPEC section 5): the cluster key and the private broker's password."""
+"""Secret files (docs/contract.md, "Security"): the cluster key and the private broker's password."""
 
 from __future__ import annotations
 

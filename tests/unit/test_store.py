@@ -1,4 +1,4 @@
-"""The store alone: SPEC section 2 semantics, the join, and the digest."""
+"""The store alone: the semantics of docs/contract.md, the join, and the digest."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Hypothesis properties of the store: the join is a semilattice merge, and the
-store behaves like a plain model of SPEC section 2."""
+store behaves like a plain model of the semantics in docs/contract.md."""
 
 from __future__ import annotations
 

@@ -1,0 +1,371 @@
+"""Prometheus metrics: per-RPC counts and latency, the store's size, replication.
+
+Off unless the server is started with `--metrics-port PORT`; then
+prometheus_client's own HTTP server answers `GET /metrics` on that port
+(docs/operations.md lists every metric and the alerts worth having).
+
+Threads: the counters and histograms are updated on the event loop (the gRPC
+interceptor below, and the replication adapter through `ReplicationMetrics`);
+prometheus_client guards them with its own locks. The HTTP server runs in a
+thread of its own, so the store's gauges, which must be read on the loop that
+owns the store (kvs/server.py), are computed there: the scrape hands the read
+to the loop and waits for it.
+
+Every server has its own `CollectorRegistry`, never the process-wide default,
+so that tests can run several servers in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, Final, Literal, Protocol, TypeAlias, get_args
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from kvs.store import Stats
+
+log = logging.getLogger("kvs.metrics")
+
+RPC_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5, 10.0)
+"""Seconds: a kvs call takes a fraction of a millisecond, so the default buckets (from 5 ms) say nothing."""
+LAG_BUCKETS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5, 10.0, 60.0)
+"""Seconds: lag is about a millisecond when all is well, and seconds to minutes while repairing."""
+SCRAPE_PATIENCE: Final = 5.0
+"""Seconds a scrape waits for the event loop to read the store's gauges before leaving them out."""
+
+DropReason: TypeAlias = Literal[
+    "malformed",  # not a kvs payload: undecodable, a field out of range, or too large
+    "foreign",  # another cluster's, or a format this server cannot read
+    "misrouted",  # the wrong kind for its topic, another server's presence, or our own id from elsewhere
+    "unauthenticated",  # no valid tag made with the cluster key (docs/contract.md, "Security": coming)
+    "replayed",  # a valid message seen before (docs/contract.md, "Security": coming)
+    "queue_full",  # one of ours that the MQTT client's full publish queue refused (anti-entropy repairs it)
+]
+"""Why a replication message was dropped: a fixed set, so that a hostile sender cannot mint label values."""
+DROP_REASONS: Final[tuple[DropReason, ...]] = get_args(DropReason)
+
+
+class ReplicationMetrics(Protocol):
+    """What the replication adapter reports, one call per event. `NO_METRICS` when metrics are off."""
+
+    def batch_sent(self, nbytes: int) -> None:
+        """A Batch message published, of `nbytes` payload bytes."""
+
+    def batch_received(self, nbytes: int) -> None:
+        """A Batch message from a peer applied, of `nbytes` payload bytes."""
+
+    def dropped(self, reason: DropReason) -> None:
+        """A message dropped (received and refused, or ours refused by a full queue)."""
+
+    def repair_started(self) -> None:
+        """This server started a repair: it sent a peer its state of buckets found differing."""
+
+    def buckets_repaired(self, count: int) -> None:
+        """`count` buckets sent to a peer by a repair (the same call site as `repair_started`)."""
+
+    def peers_up(self, count: int) -> None:
+        """The number of peers known to be up, after it changed."""
+
+    def peers_differing(self, count: int) -> None:
+        """How many peers' latest digest differed from ours, after each digest received."""
+
+    def caught_up(self, seconds: float) -> None:
+        """Seconds from the replicator's start until it held its peers' state (once per start)."""
+
+    def lag(self, seconds: float) -> None:
+        """Now minus the send time carried in a batch, at its apply (negative, from clock skew: 0)."""
+
+
+class NoMetrics:
+    """`ReplicationMetrics` that records nothing: the replicator's default."""
+
+    def batch_sent(self, nbytes: int) -> None:
+        pass
+
+    def batch_received(self, nbytes: int) -> None:
+        pass
+
+    def dropped(self, reason: DropReason) -> None:
+        pass
+
+    def repair_started(self) -> None:
+        pass
+
+    def buckets_repaired(self, count: int) -> None:
+        pass
+
+    def peers_up(self, count: int) -> None:
+        pass
+
+    def peers_differing(self, count: int) -> None:
+        pass
+
+    def caught_up(self, seconds: float) -> None:
+        pass
+
+    def lag(self, seconds: float) -> None:
+        pass
+
+
+NO_METRICS: Final[ReplicationMetrics] = NoMetrics()
+
+
+class Metrics:
+    """One server's metrics: its registry, the gRPC interceptor, the replication reports, the endpoint."""
+
+    def __init__(self, stats: Callable[[], Stats] | None = None) -> None:
+        """`stats` reads the store's gauges; it is called on the event loop running at construction."""
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._requests = Counter(
+            "kvs_grpc_requests",
+            "gRPC calls finished, by method and status code",
+            ["method", "code"],
+            registry=r,
+        )
+        self._duration = Histogram(
+            "kvs_grpc_request_duration_seconds",
+            "Time from a call's start to its status, by method (streams: the whole stream)",
+            ["method"],
+            buckets=RPC_BUCKETS,
+            registry=r,
+        )
+        self._batches_sent = Counter("kvs_replication_batches_sent", "Batch messages published", registry=r)
+        self._bytes_sent = Counter(
+            "kvs_replication_bytes_sent", "Payload bytes of the batches published", registry=r
+        )
+        self._batches_received = Counter(
+            "kvs_replication_batches_received", "Batch messages applied from peers", registry=r
+        )
+        self._bytes_received = Counter(
+            "kvs_replication_bytes_received", "Payload bytes of the batches applied", registry=r
+        )
+        self._dropped = Counter(
+            "kvs_replication_messages_dropped",
+            "Replication messages dropped, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self._repairs = Counter("kvs_replication_repairs_started", "Repairs this server started", registry=r)
+        self._buckets = Counter(
+            "kvs_replication_buckets_repaired", "Buckets sent to peers by repairs", registry=r
+        )
+        self._peers = Gauge("kvs_replication_peers_up", "Peers known to be up", registry=r)
+        self._differing = Gauge(
+            "kvs_replication_peers_differing", "Peers whose latest digest differed from ours", registry=r
+        )
+        self._catch_up = Gauge(
+            "kvs_replication_catch_up_seconds",
+            "Seconds from start until this server held its peers' state",
+            registry=r,
+        )
+        self._lag = Histogram(
+            "kvs_replication_lag_seconds",
+            "From a peer's publishing of a batch to its apply here (clocks of two servers)",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        for reason in DROP_REASONS:
+            self._dropped.labels(reason)  # every reason shows, at 0, from the first scrape
+        if stats is not None:
+            r.register(StoreCollector(stats, asyncio.get_running_loop()))
+        self._calls: dict[tuple[str, grpc.StatusCode], Any] = {}  # label children, looked up once
+        self._timers: dict[str, Any] = {}
+        self._http: Any = None
+
+    # The endpoint ---------------------------------------------------------------
+
+    def serve(self, port: int, address: str = "::") -> int:
+        """Serves `/metrics` over HTTP on `address:port` (`::`: every interface); returns the bound port."""
+        self._http, _ = start_http_server(port, address, registry=self.registry)
+        bound: int = self._http.server_port
+        return bound
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+    # gRPC -----------------------------------------------------------------------
+
+    def interceptor(self) -> grpc.aio.ServerInterceptor[Any, Any]:
+        """Counts and times every call of every service, to pass to `grpc.aio.server(interceptors=...)`."""
+        return _Interceptor(self)
+
+    def finished(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        child = self._calls.get((method, code))
+        if child is None:
+            child = self._calls[method, code] = self._requests.labels(method, code.name)
+        child.inc()
+        timer = self._timers.get(method)
+        if timer is None:
+            timer = self._timers[method] = self._duration.labels(method)
+        timer.observe(seconds)
+
+    # Replication (ReplicationMetrics) ----------------------------------------------
+
+    def batch_sent(self, nbytes: int) -> None:
+        self._batches_sent.inc()
+        self._bytes_sent.inc(nbytes)
+
+    def batch_received(self, nbytes: int) -> None:
+        self._batches_received.inc()
+        self._bytes_received.inc(nbytes)
+
+    def dropped(self, reason: DropReason) -> None:
+        self._dropped.labels(reason).inc()
+
+    def repair_started(self) -> None:
+        self._repairs.inc()
+
+    def buckets_repaired(self, count: int) -> None:
+        self._buckets.inc(count)
+
+    def peers_up(self, count: int) -> None:
+        self._peers.set(count)
+
+    def peers_differing(self, count: int) -> None:
+        self._differing.set(count)
+
+    def caught_up(self, seconds: float) -> None:
+        self._catch_up.set(seconds)
+
+    def lag(self, seconds: float) -> None:
+        self._lag.observe(max(0.0, seconds))
+
+
+class StoreCollector(Collector):
+    """The store's keys, versions and tombstones, read on the store's event loop at each scrape."""
+
+    def __init__(self, stats: Callable[[], Stats], loop: asyncio.AbstractEventLoop) -> None:
+        self._stats = stats
+        self._loop = loop
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families(Stats(0, 0, 0)))
+
+    def collect(self) -> Iterator[Metric]:
+        future: concurrent.futures.Future[Stats] = concurrent.futures.Future()
+
+        def read() -> None:
+            try:
+                future.set_result(self._stats())
+            except Exception as error:  # pragma: no cover: a store read that fails is a bug
+                future.set_exception(error)
+
+        try:
+            self._loop.call_soon_threadsafe(read)
+            stats = future.result(SCRAPE_PATIENCE)
+        except (RuntimeError, concurrent.futures.TimeoutError) as error:  # loop closed, or busy too long
+            log.warning("metrics: store gauges left out of this scrape (%s)", error or "the loop is busy")
+            return iter(())
+        return iter(self._families(stats))
+
+    @staticmethod
+    def _families(stats: Stats) -> list[Metric]:
+        return [
+            GaugeMetricFamily("kvs_store_keys", "Keys that exist (tombstones excluded)", stats.keys),
+            GaugeMetricFamily("kvs_store_versions", "Versions stored, over every key", stats.versions),
+            GaugeMetricFamily("kvs_store_tombstones", "Deleted keys whose floor is kept", stats.tombstones),
+        ]
+
+
+# The interceptor ------------------------------------------------------------------
+
+Behavior: TypeAlias = Callable[..., Any]
+
+
+class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in the stubs
+    """Wraps each method's behaviour once (the wrapped handlers are cached per method)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        method: str = handler_call_details.method
+        wrapped = self._handlers.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            # An unknown method (UNIMPLEMENTED) is not counted: a client could mint any label value.
+            return handler
+        wrapped = self._handlers[method] = _wrap(handler, method, self._metrics)
+        return wrapped
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, metrics: Metrics
+) -> grpc.RpcMethodHandler[Any, Any]:
+    kind, make = (
+        ("unary_unary", grpc.unary_unary_rpc_method_handler),
+        ("unary_stream", grpc.unary_stream_rpc_method_handler),
+        ("stream_unary", grpc.stream_unary_rpc_method_handler),
+        ("stream_stream", grpc.stream_stream_rpc_method_handler),
+    )[2 * bool(handler.request_streaming) + bool(handler.response_streaming)]
+    behavior: Behavior = getattr(handler, kind)
+    timing = _timed_stream if inspect.isasyncgenfunction(behavior) else _timed_call
+    timed = timing(behavior, method, metrics)
+    return make(timed, handler.request_deserializer, handler.response_serializer)
+
+
+def _timed_call(behavior: Behavior, method: str, metrics: Metrics) -> Behavior:
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        start = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            return await behavior(request, context)
+        except BaseException as raised:
+            error = raised
+            raise
+        finally:
+            metrics.finished(method, _code(context, error), time.perf_counter() - start)
+
+    return call
+
+
+def _timed_stream(behavior: Behavior, method: str, metrics: Metrics) -> Behavior:
+    async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        start = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            async for reply in behavior(request, context):
+                yield reply
+        except BaseException as raised:
+            error = raised
+            raise
+        finally:
+            metrics.finished(method, _code(context, error), time.perf_counter() - start)
+
+    return stream
+
+
+def _code(context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None) -> grpc.StatusCode:
+    """The status the call ends with: the one set on the context (abort sets it), else from `error`."""
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(code, int):  # some grpcio versions keep the raw value
+        return _BY_VALUE.get(code, grpc.StatusCode.UNKNOWN)
+    if error is None:
+        return grpc.StatusCode.OK
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
+
+
+_BY_VALUE: Final = {code.value[0]: code for code in grpc.StatusCode}
