@@ -144,7 +144,7 @@ def usage_problem(args: argparse.Namespace) -> str | None:
 
 
 def read_version(args: argparse.Namespace) -> int | None:
-    """The version a read is made at: the largest --versao given (docs/contract.md: blank ones do not count)."""
+    """The version a read is made at: the largest --versao given (blank ones do not count)."""
     versions: list[int] = [v for v in args.versao or [] if v > 0]
     if args.operation in ("get", "getrange", "getall") and versions:
         return max(versions)
