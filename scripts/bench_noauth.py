@@ -16,7 +16,7 @@ from types import SimpleNamespace
 from kvs import codec, server
 
 NO_TAG = bytes(codec.TAG)
-codec.hmac = SimpleNamespace(digest=lambda *_: NO_TAG, compare_digest=hmac.compare_digest)  # type: ignore[attr-defined]
+codec.hmac = SimpleNamespace(digest=lambda *_: NO_TAG, compare_digest=hmac.compare_digest)  # type: ignore[attr-defined,assignment]
 
 if __name__ == "__main__":
     sys.exit(server.main())
