@@ -122,7 +122,7 @@ def ask(address: str, known_as: str | None = None, tls: ClientTls | None = None)
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
             reply = pb_grpc.AdminStub(channel).Status(pb.StatusRequest(), timeout=10)
         except grpc.RpcError as error:
-            return Server(known_as or address, address, f"unreachable ({error.code().name})")
+            return Server(known_as or address, address, str(KvsClientError.of(error, address, tls)))
     return Server(reply.id, address, health_pb2.HealthCheckResponse.ServingStatus.Name(health.status), reply)
 
 
@@ -221,6 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.command == "status":
         records = describe(survey(servers, tls), time.time())
+        if len(records) == 1 and "digest" not in records[0]:  # nothing to tabulate: say why
+            print(f"admin.sh: error: {records[0]['health']}", file=sys.stderr)
+            return 1
         print(
             "\n".join(json.dumps(r, ensure_ascii=False) for r in records)
             if args.json

@@ -162,8 +162,8 @@ class Sync:
         if digest.request:
             return actions + self._answer(origin, digest, ours)
         stuck = peer.stuck(digest.buckets, ours)
-        if not stuck or self.node_id > origin or peer.sending:
-            return actions  # nothing to repair, or the peer with the smaller id repairs
+        if not stuck or self.node_id > origin or peer.sending or peer.asked:
+            return actions  # nothing to repair, the peer with the smaller id repairs, or we wait for it
         peer.sending, self.last_repair = True, now
         note = Note(f"repairing {len(stuck)} bucket(s) with {origin}")
         return [*actions, note, SendState(origin, stuck, send_back=stuck)]
