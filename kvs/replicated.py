@@ -106,6 +106,11 @@ class ReplicatedStore:
             await self._pacer.step()
             yield self.store.get(key, at)
 
+    async def pace(self) -> None:
+        """Lets other calls in if the loop has gone STEP_SECONDS without a pause (for loops that
+        read many requests)."""
+        await self._pacer.step()
+
     # Writes ------------------------------------------------------------------
 
     async def put(self, key: str, val: str) -> Written:

@@ -97,7 +97,7 @@ def _decoder(message: type[Message]) -> Callable[[bytes], Message | Undecodable]
             return message.FromString(data)
         except DecodeError:
             return Undecodable(
-                f"request is not a valid {message.DESCRIPTOR.name}: keys and values must be UTF-8"
+                f"request is not a valid {message.DESCRIPTOR.name} (keys and values must be UTF-8)"
             )
 
     return decode
@@ -174,6 +174,7 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
         async for request in request_iterator:
             keys.append(_key(request))
             at = max(at, _version(request) or 0)
+            await self._store.pace()  # gRPC may hand over many requests without suspending
         async for entry in self._store.get_many(keys, at or None):
             yield _reply(entry)
 
