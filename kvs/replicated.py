@@ -71,10 +71,16 @@ class _Pacer:
     def __init__(self) -> None:
         self._since = time.monotonic()
 
+    def due(self) -> bool:
+        return time.monotonic() - self._since >= STEP_SECONDS
+
+    async def pause(self) -> None:
+        await _pause()
+        self._since = time.monotonic()
+
     async def step(self) -> None:
-        if time.monotonic() - self._since >= STEP_SECONDS:
-            await _pause()
-            self._since = time.monotonic()
+        if self.due():
+            await self.pause()
 
 
 class ReplicatedStore:
@@ -116,8 +122,11 @@ class ReplicatedStore:
     async def put(self, key: str, val: str) -> Written:
         written, fragment = self.store.put(key, val)
         self._publish((fragment,))
-        await self._durable()
-        await self._pacer.step()
+        # The hot path of Put and PutAll: no coroutine is made unless it is needed.
+        if self._commits is not None:
+            await self._commits.durable()
+        if self._pacer.due():
+            await self._pacer.pause()
         return written
 
     async def delete(self, key: str) -> Entry:
