@@ -17,6 +17,7 @@ import operator
 import re
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,8 +35,10 @@ from kvs.store import Fragment, Store
 from kvs.tls import ClientTls, TlsError
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Admin"].full_name
-WATCH_BACKLOG = 10_000
-"""Batches queued at most for one Watch stream."""
+WATCH_BACKLOG_KEYS = 50_000
+"""Keys queued at most for one Watch stream; a watcher further behind is ended."""
+DUMP_PAGE = 100
+"""Keys read from the store per step of a Dump."""
 
 
 class Admin(pb_grpc.AdminServicer):
@@ -63,25 +66,48 @@ class Admin(pb_grpc.AdminServicer):
     async def Dump(
         self, request: pb.DumpRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.Fragment]:
-        # Read it all before the first reply: one consistent view.
-        fragments = list(self._store.export())
-        for fragment in fragments:
-            yield pb.Fragment(**fields(fragment))
+        # A page at a time: each yield waits for gRPC's flow control, so a client
+        # that does not read holds one page (a page may see writes the previous did not).
+        after = ""
+        while page := self._store.export_page(after, DUMP_PAGE):
+            for fragment in page:
+                yield pb.Fragment(**fields(fragment))
+            after = page[-1].key
 
     async def Watch(
         self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.Applied]:
-        applied: asyncio.Queue[pb.Applied] = asyncio.Queue(maxsize=WATCH_BACKLOG)
+        # Bounded: a watcher that does not keep up is ended, rather than holding
+        # memory or silently missing batches.
+        applied: deque[pb.Applied] = deque()
+        queued = 0  # keys in `applied`
+        behind = False
+        arrived = asyncio.Event()
 
         def note(origin: str, fragments: Sequence[Fragment]) -> None:
-            if applied.full():
-                return  # a watcher too slow to keep up misses batches rather than holding memory
-            applied.put_nowait(pb.Applied(origin=origin, keys=[fragment.key for fragment in fragments]))
+            nonlocal queued, behind
+            if behind:
+                return
+            if queued + len(fragments) > WATCH_BACKLOG_KEYS:
+                behind = True
+                applied.clear()
+            else:
+                applied.append(pb.Applied(origin=origin, keys=[fragment.key for fragment in fragments]))
+                queued += len(fragments)
+            arrived.set()
 
         unwatch = self._replicator.watch(note)
         try:
             while True:
-                yield await applied.get()
+                if not applied and not behind:
+                    arrived.clear()
+                    await arrived.wait()
+                if behind:
+                    message = f"more than {WATCH_BACKLOG_KEYS} applied keys were waiting to be sent"
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"watcher fell behind: {message}")
+                batch = applied.popleft()
+                queued -= len(batch.keys)
+                yield batch
         finally:
             unwatch()
 

@@ -7,8 +7,12 @@ no caller can forget to publish. Then, if a `Commits` is given, it waits until
 the write is durable (group commit, --data-dir) before it returns.
 
 Bounded work (docs/contract.md, guarantee 8): nothing here holds the event loop for long.
-Large operations run in slices of about `SLICE_ROWS` rows, with
-`await asyncio.sleep(0)` in between so other calls are served meanwhile:
+Every write, and every entry a read or a DelRange yields, checks how long the
+loop has gone without a pause; after `STEP_SECONDS` it pauses
+(`await asyncio.sleep(0)`), so other calls are served in between. That also
+covers a long PutAll or DelAll, whose messages gRPC may hand over without ever
+suspending the handler. Large operations on the store run in slices of about
+`SLICE_ROWS` rows, with a pause in between:
 
 - DelRange deletes a page of keys at a time and replies with exactly the keys
   that page deleted (a key someone else deleted first is not in the reply).
@@ -26,6 +30,7 @@ Like the store, it runs on the event loop thread only (kvs.server).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Final, Protocol
 
@@ -34,10 +39,14 @@ from kvs.store import Entry, Fragment, Store, Version, Written
 Publish = Callable[[Sequence[Fragment]], None]
 """Takes the fragments of an accepted mutation for replication."""
 
-SLICE_ROWS: Final = 1000
-"""Rows changed per step of a large operation: about a millisecond or two of work."""
+SLICE_ROWS: Final = 200
+"""Rows changed per step of a large operation: 2 to 4 ms of work (about 15 µs a row)."""
 PAGE_KEYS: Final = 500
-"""Keys read per step of a range read or a DelRange."""
+"""Keys read per query of a range read (about 5 µs a key)."""
+DELETE_PAGE: Final = 100
+"""Keys deleted per step of a DelRange (about 30 µs a key)."""
+STEP_SECONDS: Final = 0.002
+"""How long a call may hold the event loop before it lets the others in."""
 
 
 class Commits(Protocol):
@@ -51,6 +60,29 @@ async def _pause() -> None:
     await asyncio.sleep(0)
 
 
+class _Pacer:
+    """Pauses the calling task once STEP_SECONDS have gone by since the last pause.
+
+    One per ReplicatedStore, shared by its callers: whichever runs when the
+    time is up lets the others in. A pause that was not needed costs one turn
+    of the loop.
+    """
+
+    def __init__(self) -> None:
+        self._since = time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self._since >= STEP_SECONDS
+
+    async def pause(self) -> None:
+        await _pause()
+        self._since = time.monotonic()
+
+    async def step(self) -> None:
+        if self.due():
+            await self.pause()
+
+
 class ReplicatedStore:
     """`Store`'s reads, and its writes published and done in bounded steps."""
 
@@ -58,6 +90,7 @@ class ReplicatedStore:
         self.store = store
         self._publish = publish
         self._commits = commits
+        self._pacer = _Pacer()
 
     # Reads -------------------------------------------------------------------
 
@@ -69,23 +102,31 @@ class ReplicatedStore:
         after = ""
         while page := self.store.range_page(fr, to, at, after, PAGE_KEYS):
             for entry in page:
+                await self._pacer.step()
                 yield entry
             after = page[-1].key
-            await _pause()
 
     async def get_many(self, keys: Sequence[str], at: Version | None = None) -> AsyncIterator[Entry]:
-        """`get` of each key in order, a page at a time."""
-        for start in range(0, len(keys), PAGE_KEYS):
-            for key in keys[start : start + PAGE_KEYS]:
-                yield self.store.get(key, at)
-            await _pause()
+        """`get` of each key in order."""
+        for key in keys:
+            await self._pacer.step()
+            yield self.store.get(key, at)
+
+    async def pace(self) -> None:
+        """Lets other calls in if the loop has gone STEP_SECONDS without a pause (for loops that
+        read many requests)."""
+        await self._pacer.step()
 
     # Writes ------------------------------------------------------------------
 
     async def put(self, key: str, val: str) -> Written:
         written, fragment = self.store.put(key, val)
         self._publish((fragment,))
-        await self._durable()
+        # The hot path of Put and PutAll: no coroutine is made unless it is needed.
+        if self._commits is not None:
+            await self._commits.durable()
+        if self._pacer.due():
+            await self._pacer.pause()
         return written
 
     async def delete(self, key: str) -> Entry:
@@ -95,6 +136,7 @@ class ReplicatedStore:
         if fragment:
             self._publish((fragment,))
             await self._durable()
+        await self._pacer.step()
         return removed
 
     async def delete_range(self, fr: str, to: str) -> AsyncIterator[Entry]:
@@ -103,13 +145,14 @@ class ReplicatedStore:
         Each page is published and made durable before its entries are yielded.
         """
         after = ""
-        while keys := self.store.keys(fr, to, after, PAGE_KEYS):
+        while keys := self.store.keys(fr, to, after, DELETE_PAGE):
             after = keys[-1]
             done = self.store.delete_keys(keys)
             if done:
                 self._publish([fragment for _, fragment in done])
                 await self._durable()
             for removed, _ in done:
+                await self._pacer.step()
                 yield removed
             await _pause()
 
@@ -120,6 +163,7 @@ class ReplicatedStore:
         if fragment:
             self._publish((fragment,))
             await self._durable()
+        await self._pacer.step()
         return kept
 
     # Internals ---------------------------------------------------------------

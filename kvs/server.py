@@ -25,7 +25,7 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from kvs._gen import kvs_pb2_grpc, replication_pb2_grpc
+from kvs._gen import replication_pb2_grpc
 from kvs.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from kvs.admin import Admin
 from kvs.broker import Address, BrokerAuth, EmbeddedBroker, private_auth, private_password_path
@@ -36,7 +36,7 @@ from kvs.limits import MAX_REQUEST_BYTES
 from kvs.metrics import NO_METRICS, Metrics
 from kvs.replicated import ReplicatedStore
 from kvs.replication import Replicator
-from kvs.service import SERVICE_NAME, KeyValueStore
+from kvs.service import SERVICE_NAME, KeyValueStore, add_to_server
 from kvs.store import Store
 from kvs.tls import ServerTls, TlsError
 
@@ -86,7 +86,7 @@ class Server:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        kvs_pb2_grpc.add_KeyValueStoreServicer_to_server(KeyValueStore(store, self.ready), self._grpc)
+        add_to_server(KeyValueStore(store, self.ready), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         services = [
             SERVICE_NAME,

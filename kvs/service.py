@@ -11,17 +11,20 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeAlias, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar, cast
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import kvs_pb2_grpc as pb_grpc
 from kvs.errors import InvalidArgument, KvsError, VersionExhausted
 from kvs.replicated import ReplicatedStore
-from kvs.store import Entry, Version, Written
+from kvs.store import MAX_VERSION, Entry, Version, Written
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["KeyValueStore"].full_name
+_SERVICE = pb.DESCRIPTOR.services_by_name["KeyValueStore"]
+SERVICE_NAME = _SERVICE.full_name
 
 # The one error table: what each store error becomes on the wire.
 STATUS: dict[type[KvsError], grpc.StatusCode] = {
@@ -43,7 +46,7 @@ def _unary(
     async def wrapper(self: KeyValueStore, request: Request, context: Context) -> Reply:
         await self.ready.wait()
         try:
-            return await handler(self, request, context)
+            return await handler(self, _decoded(request), context)
         except KvsError as error:
             await context.abort(*_status(error))
             raise  # abort() raises; this line only tells type checkers so
@@ -54,18 +57,84 @@ def _unary(
 def _streaming(
     handler: Callable[[KeyValueStore, Request, Context], AsyncIterator[Reply]],
 ) -> Callable[[KeyValueStore, Request, Context], AsyncIterator[Reply]]:
-    """As `_unary`, for calls that stream replies: the replies sent before an error stay sent."""
+    """As `_unary`, for calls that stream replies: the replies sent before an error stay sent.
+
+    A request stream is checked as it is read: the first request that did not
+    decode ends the call, after the replies to the requests before it.
+    """
 
     @functools.wraps(handler)
     async def wrapper(self: KeyValueStore, request: Request, context: Context) -> AsyncIterator[Reply]:
         await self.ready.wait()
         try:
-            async for reply in handler(self, request, context):
+            if hasattr(request, "__aiter__"):
+                request = cast(Request, _decoded_stream(cast(AsyncIterator[object], request)))
+            async for reply in handler(self, _decoded(request), context):
                 yield reply
         except KvsError as error:
             await context.abort(*_status(error))
 
     return wrapper
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """What a handler gets in place of a request whose bytes do not parse.
+
+    grpc would answer UNKNOWN "Unexpected <class DecodeError>" (and log it) if a
+    request deserializer raised, before any handler runs; protobuf raises
+    DecodeError for a string field that is not valid UTF-8. `add_to_server`'s
+    deserializers return this instead, and the decorators above turn it into
+    INVALID_ARGUMENT, so a bad request is refused like any other.
+    """
+
+    message: str
+
+
+def _decoder(message: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+    def decode(data: bytes) -> Message | Undecodable:
+        try:
+            return message.FromString(data)
+        except DecodeError:
+            return Undecodable(
+                f"request is not a valid {message.DESCRIPTOR.name} (keys and values must be UTF-8)"
+            )
+
+    return decode
+
+
+def _decoded(request: Request) -> Request:
+    if isinstance(request, Undecodable):
+        raise InvalidArgument(request.message)
+    return request
+
+
+async def _decoded_stream(requests: AsyncIterator[object]) -> AsyncIterator[object]:
+    async for request in requests:
+        yield _decoded(request)
+
+
+_HANDLER_KINDS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def add_to_server(servicer: KeyValueStore, server: grpc.aio.Server) -> None:
+    """As the generated `add_KeyValueStoreServicer_to_server`, with requests that do not decode
+    handed to the handlers as `Undecodable`."""
+    handlers = {}
+    for method in _SERVICE.methods:
+        request, reply = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
+        handlers[method.name] = _HANDLER_KINDS[method.client_streaming, method.server_streaming](
+            getattr(servicer, method.name),
+            request_deserializer=_decoder(request),
+            response_serializer=reply.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]  # stubs predate it
 
 
 def _status(error: KvsError) -> tuple[grpc.StatusCode, str]:
@@ -99,10 +168,13 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
     async def GetAll(
         self, request_iterator: AsyncIterator[pb.KeyRequest], context: Context
     ) -> AsyncIterator[pb.KeyValueVersionReply]:
-        requests = [request async for request in request_iterator]
-        keys = [_key(request) for request in requests]
-        # One version for the whole stream: the largest asked (none: the newest).
-        at = max((_version(request) or 0 for request in requests), default=0)
+        # One version for the whole stream: the largest asked (none: the newest),
+        # so nothing is answered before the last request. Only the keys are kept.
+        keys, at = [], 0
+        async for request in request_iterator:
+            keys.append(_key(request))
+            at = max(at, _version(request) or 0)
+            await self._store.pace()  # gRPC may hand over many requests without suspending
         async for entry in self._store.get_many(keys, at or None):
             yield _reply(entry)
 
@@ -151,7 +223,9 @@ def _key(request: pb.KeyRequest | pb.KeyValueRequest) -> str:
 
 
 def _version(request: pb.KeyRequest) -> Version | None:
-    """The version to read at, or None when blank (absent or <= 0)."""
+    """The version to read at, or None when blank (absent or <= 0); none is above year 9999."""
+    if request.ver > MAX_VERSION:
+        raise InvalidArgument(f"version {request.ver} is after the year 9999 (the largest is {MAX_VERSION})")
     return request.ver if request.HasField("ver") and request.ver > 0 else None
 
 

@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import TypeVar
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvs.replicated import PAGE_KEYS, ReplicatedStore, join_in_slices
+from kvs.replicated import DELETE_PAGE, ReplicatedStore, join_in_slices
 from kvs.store import Entry, Fragment, Store, Written
 from tests.clock import Clock
 from tests.unit.test_store_properties import fragments, state_of
@@ -68,7 +68,7 @@ def test_without_commits_writes_return_at_once() -> None:
 
 def test_delete_range_pages_publish_what_each_deleted() -> None:
     rs, seen = replicated()
-    keys = [f"k{i:05}" for i in range(PAGE_KEYS + 7)]
+    keys = [f"k{i:05}" for i in range(DELETE_PAGE + 7)]
 
     async def run() -> list[Entry]:
         for key in keys:
@@ -79,9 +79,9 @@ def test_delete_range_pages_publish_what_each_deleted() -> None:
     deleted = asyncio.run(run())
     assert [entry.key for entry in deleted] == keys
     assert seen.events == [
-        [Fragment(key, floor=1001) for key in keys[:PAGE_KEYS]],
+        [Fragment(key, floor=1001) for key in keys[:DELETE_PAGE]],
         "durable",
-        [Fragment(key, floor=1001) for key in keys[PAGE_KEYS:]],
+        [Fragment(key, floor=1001) for key in keys[DELETE_PAGE:]],
         "durable",
     ]
     assert rs.store.key_count() == 0
@@ -89,8 +89,8 @@ def test_delete_range_pages_publish_what_each_deleted() -> None:
 
 def test_delete_range_leaves_out_a_key_deleted_by_someone_else_meanwhile() -> None:
     rs, _ = replicated()
-    keys = [f"k{i:05}" for i in range(PAGE_KEYS * 2)]
-    gone = keys[PAGE_KEYS + 3]
+    keys = [f"k{i:05}" for i in range(DELETE_PAGE * 2)]
+    gone = keys[DELETE_PAGE + 3]
 
     async def run() -> list[Entry]:
         for key in keys:
@@ -153,6 +153,7 @@ def test_reads_between_the_slices_of_a_trim_see_before_or_after() -> None:
     assert seen[-1] == Entry("k", "", 1500)
 
 
+@settings(deadline=None)  # one event loop per example: slow on a busy machine
 @given(st.lists(fragments), st.integers(min_value=1, max_value=4))
 def test_join_in_slices_equals_one_join(batch: list[Fragment], rows: int) -> None:
     store = Store(lambda: 1)
