@@ -113,8 +113,10 @@ class Bench:
         self.processes.append(process)
         process.start()
 
-    def _server(self, name: str, cluster: str, extra: list[str]) -> KvsServer:
+    def _server(self, name: str, cluster: str, extra: list[str], unsigned: bool = False) -> KvsServer:
         server = KvsServer(self.work, name, ["--broker", self.broker.address, "--cluster", cluster, *extra])
+        if unsigned:  # the same server with replication tags off (scripts/bench_noauth.py)
+            server.argv[:1] = [PYTHON, str(ROOT / "scripts" / "bench_noauth.py")]
         self._keep(server)
         server.wait_serving()
         return server
@@ -237,6 +239,22 @@ class Bench:
             )
             self.record("mqtt_qos1_rate", "msgs/s", rate["rate"])
 
+    def auth(self) -> None:
+        """Put and PutAll with replication signed (HMAC-SHA256) and unsigned, on pairs started alike,
+        alternating which goes first in each round."""
+        pairs = {
+            "on": self._server("auth-1", "bench-auth", []),
+            "off": self._server("noauth-1", "bench-noauth", [], unsigned=True),
+        }
+        self._server("auth-2", "bench-auth", [])
+        self._server("noauth-2", "bench-noauth", [], unsigned=True)
+        order = list(pairs.items())
+        for r in range(self.rounds):
+            for mode in ("put", "putall"):
+                for target, server in order if r % 2 == 0 else reversed(order):
+                    unit = "msgs/s" if mode == "putall" else "calls/s"
+                    self.record(f"auth_{mode}_c16.{target}", unit, self.load(address(server), mode, 16))
+
     def joiner(self) -> None:
         """A late joiner into a cluster holding KEYS keys, and into an empty one; their RSS."""
         full = self._server("join-1", "bench-join", [])
@@ -336,6 +354,12 @@ def _rss(pid: int) -> float:
 
 COMPARISONS = [
     *(
+        Comparison(
+            f"{mode} C=16 auth", f"auth_{mode}_c16.on", f"auth_{mode}_c16.off", ">= 0.95", lambda r: r >= 0.95
+        )
+        for mode in ("put", "putall")
+    ),
+    *(
         Comparison(f"{mode} C={c}", f"{mode}_c{c}.kvs", f"{mode}_c{c}.echo_uvloop", target, met)
         for mode, target, met in (
             ("put", ">= 0.8", lambda r: r >= 0.8),
@@ -404,19 +428,24 @@ def report(bench: Bench) -> None:
     print()
     if "put_c16.echo_sync" not in bench.figures:
         return
-    print("server styles, echo ceiling (C=16): " + ", ".join(
-        f"{style} put {bench.figures[f'put_c16.echo_{style}'].value:.0f}/s "
-        f"putall {bench.figures[f'putall_c16.echo_{style}'].value:.0f}/s"
-        for style in ("sync", "aio", "uvloop")
-    ))  # fmt: skip
+    print(
+        "server styles, echo ceiling (C=16): "
+        + ", ".join(
+            f"{style} put {bench.figures[f'put_c16.echo_{style}'].value:.0f}/s "
+            f"putall {bench.figures[f'putall_c16.echo_{style}'].value:.0f}/s"
+            for style in ("sync", "aio", "uvloop")
+        )
+    )
     figures = bench.figures
     for target, label in (("kvs_asyncio", "kvs on asyncio's own loop"), ("kvs_alone", "kvs without a peer")):
-        print(f"{label} (C=16): put {figures[f'put_c16.{target}'].value:.0f}/s, "
-              f"putall {figures[f'putall_c16.{target}'].value:.0f}/s")  # fmt: skip
+        print(
+            f"{label} (C=16): put {figures[f'put_c16.{target}'].value:.0f}/s, "
+            f"putall {figures[f'putall_c16.{target}'].value:.0f}/s"
+        )
     print(f"medians of {bench.rounds} rounds; throughput windows of {bench.seconds} s after a 0.5 s warm-up")
 
 
-PARTS = ["throughput", "metrics", "lag", "joiner", "stalls"]
+PARTS = ["throughput", "metrics", "auth", "lag", "joiner", "stalls"]
 
 
 def main() -> int:
