@@ -16,19 +16,31 @@ LOG_EVERY: Final = 10.0
 
 
 class DropLog:
-    """One log line per reason per LOG_EVERY seconds, with the count of what was dropped meanwhile."""
+    """The first drop of a reason is logged at once; the rest of that reason are counted and said in
+    one summary line when LOG_EVERY seconds have passed (`flush`, called on every sync tick)."""
 
     def __init__(self, metrics: ReplicationMetrics = NO_METRICS) -> None:
         self._metrics = metrics
         self._counts: Counter[str] = Counter()
+        self._latest: dict[str, str] = {}
         self._last: dict[str, float] = {}
 
     def drop(self, reason: str, detail: str) -> None:
-        """`reason`: one of kvs.metrics.DropReason; `detail`: the latest example, for the log."""
+        """`reason`: one of kvs.metrics.DropReason; `detail`: this message's, for the log."""
         self._metrics.dropped(cast(DropReason, reason))
-        now = time.monotonic()
         self._counts[reason] += 1
-        if now - self._last.get(reason, -LOG_EVERY) >= LOG_EVERY:
-            count, self._counts[reason] = self._counts[reason], 0
-            log.warning("dropped %d message(s) in %.0f s (%s); latest: %s", count, LOG_EVERY, reason, detail)
-            self._last[reason] = now
+        self._latest[reason] = detail
+        self.flush(reason)
+
+    def flush(self, *reasons: str) -> None:
+        """Logs the count of each reason (all: none given) whose last line is LOG_EVERY seconds old."""
+        now = time.monotonic()
+        for reason in reasons or list(self._counts):
+            since = self._last.get(reason)
+            if self._counts[reason] and (since is None or now - since >= LOG_EVERY):
+                count, self._counts[reason] = self._counts[reason], 0
+                took = "" if since is None else f" in the last {now - since:.0f} s"
+                log.warning(
+                    "dropped %d message(s)%s (%s); latest: %s", count, took, reason, self._latest[reason]
+                )
+                self._last[reason] = now

@@ -53,6 +53,10 @@ class Peer:
         self.next_batch = max(expected, seq + 1)
         return expected if expected and (seq > expected if received else seq >= expected) else 0
 
+    def differs(self, ours: Digests) -> bool:
+        """Whether its last periodic digest differs from `ours`."""
+        return self.digests is not None and self.digests[0] != ours
+
     def part_received(self, transfer: Transfer) -> bool | None:
         """Counts a transfer's part; at its last part, whether every part came (else None)."""
         transfer_id, parts = self.incoming

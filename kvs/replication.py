@@ -207,9 +207,9 @@ class Replicator:
                 next_tick = now + interval * random.uniform(0.8, 1.2)
                 ours = self._store.digest()
                 self._run(self._sync.tick(now, ours))
-                peers = self._sync.peers.values()
-                self._metrics.peers_up(sum(p.present for p in peers))
-                self._metrics.peers_differing(sum(bool(p.digests and p.digests[0] != ours) for p in peers))
+                self._drops.flush()
+                self._metrics.peers_up(len(self.peers))
+                self._metrics.peers_differing(sum(p.differs(ours) for p in self._sync.peers.values()))
 
     # The session's events (kvs.session), on the event loop -------------------------------
 

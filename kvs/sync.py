@@ -215,7 +215,7 @@ class Sync:
             if peer.asked and now - peer.asked_at > RETRY_ROUNDS * self.interval:
                 peer.asked = 0
                 actions += self._ask(name, now, ours, since=peer.asked_since)
-        differ = any(p.digests and p.digests[0] != ours for p in self.peers.values())
+        differ = any(p.differs(ours) for p in self.peers.values())
         self._quiet += 1
         # An idle, converged cluster says almost nothing: one digest per heartbeat.
         if ours != self._published or differ or self._quiet >= HEARTBEAT_ROUNDS:
