@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Final, cast
 
 from kvs.metrics import NO_METRICS, DropReason, ReplicationMetrics
@@ -19,8 +20,10 @@ class DropLog:
     """The first drop of a reason is logged at once; the rest of that reason are counted and said in
     one summary line when LOG_EVERY seconds have passed (`flush`, called on every sync tick)."""
 
-    def __init__(self, metrics: ReplicationMetrics = NO_METRICS) -> None:
-        self._metrics = metrics
+    def __init__(
+        self, metrics: ReplicationMetrics = NO_METRICS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._metrics, self._clock = metrics, clock
         self._counts: Counter[str] = Counter()
         self._latest: dict[str, str] = {}
         self._last: dict[str, float] = {}
@@ -34,7 +37,7 @@ class DropLog:
 
     def flush(self, *reasons: str) -> None:
         """Logs the count of each reason (all: none given) whose last line is LOG_EVERY seconds old."""
-        now = time.monotonic()
+        now = self._clock()
         for reason in reasons or list(self._counts):
             since = self._last.get(reason)
             if self._counts[reason] and (since is None or now - since >= LOG_EVERY):

@@ -10,11 +10,10 @@ from kvs.droplog import LOG_EVERY, DropLog
 
 
 def test_a_flood_is_one_line_at_once_then_one_summary_with_the_count(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = [100.0]
-    monkeypatch.setattr("kvs.droplog.time.monotonic", lambda: now[0])
-    log = DropLog()
+    log = DropLog(clock=lambda: now[0])
     with caplog.at_level(logging.WARNING, "kvs.replication"):
         for i in range(100_000):
             log.drop("malformed", f"junk {i}")
