@@ -12,7 +12,7 @@ import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeAlias, TypeVar, cast
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -59,16 +59,14 @@ def _streaming(
 ) -> Callable[[KeyValueStore, Request, Context], AsyncIterator[Reply]]:
     """As `_unary`, for calls that stream replies: the replies sent before an error stay sent.
 
-    A request stream is checked as it is read: the first request that did not
-    decode ends the call, after the replies to the requests before it.
+    In a request stream, `_key` meets a request that did not decode and ends the
+    call there, after the replies to the requests before it.
     """
 
     @functools.wraps(handler)
     async def wrapper(self: KeyValueStore, request: Request, context: Context) -> AsyncIterator[Reply]:
         await self.ready.wait()
         try:
-            if hasattr(request, "__aiter__"):
-                request = cast(Request, _decoded_stream(cast(AsyncIterator[object], request)))
             async for reply in handler(self, _decoded(request), context):
                 yield reply
         except KvsError as error:
@@ -84,8 +82,10 @@ class Undecodable:
     grpc would answer UNKNOWN "Unexpected <class DecodeError>" (and log it) if a
     request deserializer raised, before any handler runs; protobuf raises
     DecodeError for a string field that is not valid UTF-8. `add_to_server`'s
-    deserializers return this instead, and the decorators above turn it into
-    INVALID_ARGUMENT, so a bad request is refused like any other.
+    deserializers return this instead, and the decorators above (for a single
+    request) or `_key` (for each request of a stream, which every streaming
+    handler validates) turn it into INVALID_ARGUMENT, so a bad request is
+    refused like any other.
     """
 
     message: str
@@ -107,11 +107,6 @@ def _decoded(request: Request) -> Request:
     if isinstance(request, Undecodable):
         raise InvalidArgument(request.message)
     return request
-
-
-async def _decoded_stream(requests: AsyncIterator[object]) -> AsyncIterator[object]:
-    async for request in requests:
-        yield _decoded(request)
 
 
 _HANDLER_KINDS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
@@ -217,6 +212,7 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
 
 
 def _key(request: pb.KeyRequest | pb.KeyValueRequest) -> str:
+    _decoded(request)  # in a stream, the request may not have decoded
     if not request.key:
         raise InvalidArgument("key must not be empty")
     return request.key
