@@ -23,3 +23,11 @@ class CodecError(KvsError):
 
 class BrokerUnreachable(KvsError):
     """The MQTT broker could not be reached, or refused this server."""
+
+
+class DataDirError(KvsError):
+    """A --data-dir that cannot be used: the message is the one line the operator reads."""
+
+
+class NotDurable(KvsError):
+    """A write could not be committed to disk; it was not acknowledged."""

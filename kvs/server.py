@@ -14,10 +14,12 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import uvloop
@@ -28,7 +30,9 @@ from kvs._gen import kvs_pb2_grpc, replication_pb2_grpc
 from kvs.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from kvs.admin import Admin
 from kvs.broker import Address, EmbeddedBroker
-from kvs.errors import BrokerUnreachable
+from kvs.datadir import DataDir, open_data_dir
+from kvs.durable import GroupCommit
+from kvs.errors import BrokerUnreachable, DataDirError
 from kvs.replication import Replicator
 from kvs.service import SERVICE_NAME, KeyValueStore, Publish
 from kvs.store import Store, Version
@@ -57,12 +61,21 @@ class Settings:
     broker_is_default: bool  # no --broker: a private mosquitto may be started (kvs.broker)
     sync_interval: float
     event_loop: str  # "uvloop" or "asyncio"
+    data_dir: Path | None = None  # None: the store is in memory
+    fsync: bool = False
 
 
 class Server:
     """One gRPC server over one store: construct, `start()` (returns the port), `stop()`."""
 
-    def __init__(self, store: Store, publish: Publish, address: str, admin: Admin | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        publish: Publish,
+        address: str,
+        admin: Admin | None = None,
+        commits: GroupCommit | None = None,
+    ) -> None:
         self.ready = asyncio.Event()
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs predate .aio
         self._grpc = grpc.aio.server(
@@ -73,7 +86,7 @@ class Server:
             ]
         )
         kvs_pb2_grpc.add_KeyValueStoreServicer_to_server(
-            KeyValueStore(store, publish, self.ready), self._grpc
+            KeyValueStore(store, publish, self.ready, commits), self._grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         services = [
@@ -111,6 +124,22 @@ class Server:
 BROKER_ERROR = "Falha ao se conectar com o broker. Verifique se o broker está sendo executado."
 
 
+def open_store(settings: Settings) -> tuple[Store, DataDir | None]:
+    """The store: in memory, or in --data-dir (locked for this process); raises DataDirError."""
+    if settings.data_dir is None:
+        return Store(now_ms), None
+    data_dir = open_data_dir(settings.data_dir, settings.cluster)
+    started = time.monotonic()
+    try:
+        store = Store(now_ms, data_dir.store_path, settings.fsync)
+    except sqlite3.Error as error:
+        data_dir.close()
+        raise DataDirError(f"--data-dir {settings.data_dir}: cannot open its store ({error})") from None
+    mode = "synchronous=FULL (--fsync)" if settings.fsync else "synchronous=NORMAL"
+    log.info("store %s opened in %.2f s, %s", data_dir.store_path, time.monotonic() - started, mode)
+    return store, data_dir
+
+
 async def serve(settings: Settings) -> int:
     """Runs a server until SIGINT or SIGTERM; returns the exit status."""
     stopping = asyncio.Event()
@@ -118,11 +147,25 @@ async def serve(settings: Settings) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
 
-    store = Store(now_ms)
+    try:
+        store, data_dir = open_store(settings)
+    except DataDirError as error:
+        print(error, file=sys.stderr)
+        return 1
+    failed = False
+
+    def commit_failed() -> None:
+        nonlocal failed
+        failed = True
+        stopping.set()
+
+    commits = GroupCommit(store, commit_failed)
     replicator = Replicator(
         store, settings.cluster, settings.node_id, settings.broker, settings.sync_interval
     )
-    server = Server(store, replicator.publish, f"{settings.listen}:{settings.port}", Admin(store, replicator))
+    server = Server(
+        store, replicator.publish, f"{settings.listen}:{settings.port}", Admin(store, replicator), commits
+    )
     try:
         port = await server.start()
     except RuntimeError as error:
@@ -160,8 +203,12 @@ async def serve(settings: Settings) -> int:
     await replicator.stop()
     if embedded:
         await asyncio.to_thread(embedded.release)
+    if data_dir:
+        if not failed:
+            store.close()
+        data_dir.close()
     log.info("stopped")
-    return 0
+    return 1 if failed else 0
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
@@ -181,7 +228,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
                         help="seconds between anti-entropy rounds (5)")  # fmt: skip
     parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
                         help="uvloop (faster, docs/performance.md) or asyncio's own")  # fmt: skip
+    parser.add_argument("--data-dir", type=Path, metavar="DIR",
+                        help="keep the store on disk in DIR (created if missing), not in memory")  # fmt: skip
+    parser.add_argument("--fsync", action="store_true",
+                        help="with --data-dir: fsync each group commit (survives a power loss)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.fsync and args.data_dir is None:
+        parser.error("--fsync needs --data-dir")
     if not 0 <= args.port <= 65535:
         parser.error(f"--porta must be between 0 and 65535, not {args.port}")
     node_id = args.node_id or f"{socket.gethostname()}:{args.port}"
@@ -204,6 +257,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         broker_is_default=args.broker is None,
         sync_interval=args.sync_interval,
         event_loop=args.event_loop,
+        data_dir=args.data_dir,
+        fsync=args.fsync,
     )
 
 

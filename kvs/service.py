@@ -17,7 +17,8 @@ import grpc
 
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import kvs_pb2_grpc as pb_grpc
-from kvs.errors import InvalidArgument, KvsError, VersionExhausted
+from kvs.durable import GroupCommit
+from kvs.errors import InvalidArgument, KvsError, NotDurable, VersionExhausted
 from kvs.store import Entry, Fragment, Store, Version, Written
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["KeyValueStore"].full_name
@@ -26,6 +27,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["KeyValueStore"].full_name
 STATUS: dict[type[KvsError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     VersionExhausted: grpc.StatusCode.OUT_OF_RANGE,
+    NotDurable: grpc.StatusCode.UNAVAILABLE,
 }
 
 Publish = Callable[[Sequence[Fragment]], None]
@@ -79,9 +81,13 @@ def _status(error: KvsError) -> tuple[grpc.StatusCode, str]:
 class KeyValueStore(pb_grpc.KeyValueStoreServicer):
     """The nine RPCs of SPEC section 1 over one store."""
 
-    def __init__(self, store: Store, publish: Publish, ready: asyncio.Event) -> None:
+    def __init__(
+        self, store: Store, publish: Publish, ready: asyncio.Event, commits: GroupCommit | None = None
+    ) -> None:
         self._store = store
         self._publish = publish
+        # Writes reply only once durable (kvs.durable; at once in memory).
+        self._commits = commits or GroupCommit(store)
         # Calls wait here until the server holds its peers' state (kvs.replication).
         self.ready = ready
 
@@ -113,6 +119,7 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
     async def Put(self, request: pb.KeyValueRequest, context: Context) -> pb.PutReply:
         written, fragment = self._store.put(_key(request), request.val)
         self._publish((fragment,))
+        await self._commits.durable()
         return _put_reply(written)
 
     @_streaming
@@ -122,6 +129,7 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
         async for request in request_iterator:
             written, fragment = self._store.put(_key(request), request.val)
             self._publish((fragment,))
+            await self._commits.durable()
             yield _put_reply(written)
 
     @_unary
@@ -129,6 +137,7 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
         removed, fragment = self._store.delete(_key(request))
         if fragment:
             self._publish((fragment,))
+        await self._commits.durable()
         return _reply(removed)
 
     @_streaming
@@ -138,6 +147,7 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
         fr, to, _ = _range(request)
         done = self._store.delete_range(fr, to)
         self._publish([fragment for _, fragment in done])
+        await self._commits.durable()
         for removed, _ in done:
             yield _reply(removed)
 
@@ -149,6 +159,7 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
             removed, fragment = self._store.delete(_key(request))
             if fragment:
                 self._publish((fragment,))
+            await self._commits.durable()
             yield _reply(removed)
 
     @_unary
@@ -156,6 +167,7 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
         kept, fragment = self._store.trim(_key(request))
         if fragment:
             self._publish((fragment,))
+        await self._commits.durable()
         return _reply(kept)
 
 
