@@ -1,0 +1,141 @@
+"""The store in a file, the group commit, and the checks of a --data-dir (no processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from kvs.datadir import STORE_FILE, open_data_dir
+from kvs.durable import GroupCommit
+from kvs.errors import DataDirError, NotDurable
+from kvs.store import Fragment, Store
+from tests.clock import Clock
+
+
+def fill(store: Store) -> None:
+    for i in range(50):
+        store.put(f"k{i:02}", "a")
+        store.put(f"k{i:02}", "b")
+    store.trim("k01")
+    store.delete("k02")
+    store.delete_range("k10", "k19")
+    store.join([Fragment("peer", 7, ((8, "x"), (9, "y"))), Fragment("tomb", 99)])
+
+
+def test_a_reopened_store_has_the_same_state_and_digest(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store = Store(Clock(), path)
+    fill(store)
+    state, digest = list(store.export()), store.digest()
+    store.close()
+
+    again = Store(Clock(), path)
+    assert list(again.export()) == state
+    assert again.digest() == digest
+    again.rebuild_digest()  # the saved digest is the one the rows give
+    assert again.digest() == digest
+
+
+def test_a_store_in_memory_and_one_on_disk_agree(tmp_path: Path) -> None:
+    memory, disk = Store(Clock()), Store(Clock(), tmp_path / "s.sqlite", fsync=True)
+    fill(memory)
+    fill(disk)
+    assert list(disk.export()) == list(memory.export())
+    assert disk.digest() == memory.digest()
+
+
+def test_changes_not_committed_are_gone_after_a_crash_and_the_digest_matches(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store = Store(Clock(), path)
+    store.put("kept", "1")
+    committed = (list(store.export()), store.digest())
+    store.defer_commits(lambda: None)  # nobody commits: as if killed before the group commit
+    store.put("lost", "2")
+    store.delete("kept")
+    assert store.uncommitted
+    store._db.close()  # a crash: SQLite rolls the open transaction back
+
+    again = Store(Clock(), path)
+    assert (list(again.export()), again.digest()) == committed
+
+
+def test_group_commit_costs_nothing_in_memory() -> None:
+    async def run() -> int:
+        store = Store(Clock())
+        commits = GroupCommit(store)
+        store.put("k", "v")
+        await commits.durable()
+        assert not store.uncommitted
+        return commits.commits
+
+    assert asyncio.run(run()) == 0
+
+
+def test_the_writes_of_one_turn_share_one_commit_and_reply_after_it(tmp_path: Path) -> None:
+    async def run() -> None:
+        store = Store(Clock(), tmp_path / "s.sqlite")
+        commits = GroupCommit(store)
+        seen: list[bool] = []
+
+        async def write(key: str) -> None:
+            store.put(key, "v")
+            await commits.durable()
+            seen.append(store.uncommitted)  # False: resumed after the COMMIT
+
+        await asyncio.gather(*(write(f"k{i}") for i in range(10)))
+        assert seen == [False] * 10
+        assert commits.commits == 1
+        store.join([Fragment("from-a-peer", 0, ((5, "v"),))])  # replication commits the same way
+        assert store.uncommitted
+        await commits.durable()
+        assert not store.uncommitted
+        assert commits.commits == 2
+
+    asyncio.run(run())
+
+
+def test_a_failed_commit_fails_the_waiters_and_stops_the_server(tmp_path: Path) -> None:
+    async def run() -> None:
+        store = Store(Clock(), tmp_path / "s.sqlite")
+        failures: list[str] = []
+        commits = GroupCommit(store, lambda: failures.append("stop"))
+        store.put("k", "v")
+        store._db.close()  # the COMMIT will raise
+        with pytest.raises(NotDurable):
+            await commits.durable()
+        with pytest.raises(NotDurable):  # and every later write too
+            await commits.durable()
+        assert failures == ["stop"]
+
+    asyncio.run(run())
+
+
+def test_a_data_dir_is_created_locked_and_reopened(tmp_path: Path) -> None:
+    data = tmp_path / "a" / "b"
+    first = open_data_dir(data, "c1")
+    assert first.store_path == data / STORE_FILE
+    with pytest.raises(DataDirError, match="in use by another kvs server"):
+        open_data_dir(data, "c1")
+    first.close()
+    open_data_dir(data, "c1").close()
+    with pytest.raises(DataDirError, match="holds a store of cluster 'c1', not 'c2'"):
+        open_data_dir(data, "c2")
+
+
+def test_a_store_of_another_format_is_refused(tmp_path: Path) -> None:
+    open_data_dir(tmp_path, "c").close()
+    with sqlite3.connect(tmp_path / STORE_FILE) as db:
+        db.execute("UPDATE meta SET value = '99' WHERE name = 'format'")
+    db.close()
+    with pytest.raises(DataDirError, match="has format 99; this kvs reads format 1"):
+        open_data_dir(tmp_path, "c")
+
+
+def test_a_write_ahead_log_without_its_store_is_refused(tmp_path: Path) -> None:
+    (tmp_path / f"{STORE_FILE}-wal").write_bytes(b"old frames")
+    with pytest.raises(DataDirError, match="move it away"):
+        open_data_dir(tmp_path, "c")
+    assert not (tmp_path / STORE_FILE).exists()
