@@ -14,6 +14,14 @@ the turn resumes after the COMMIT.
 In memory there is nothing to wait for: `durable()` returns at once and the
 store commits each change itself, as before.
 
+Checkpoints (copying the WAL into the database file, with an fsync of the
+file) would otherwise run inside a COMMIT every thousand pages, blocking the
+loop for milliseconds. Here a worker thread does them, on a connection of its
+own, at most once per CHECKPOINT_EVERY while writes go on; SQLite lets a
+checkpoint run beside a writer. Frames committed meanwhile are copied by a
+short checkpoint on the loop between transactions, so that the next write
+starts the WAL from the beginning again instead of growing it.
+
 A COMMIT that fails (disk full, I/O error) leaves the store's view and the
 disk apart: the waiters get `NotDurable` (the client sees UNAVAILABLE, the
 write was not acknowledged) and `on_failure` stops the server.
@@ -25,11 +33,15 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Callable
+from typing import Final
 
 from kvs.errors import NotDurable
 from kvs.store import Store
 
 log = logging.getLogger("kvs.durable")
+
+CHECKPOINT_EVERY: Final = 1.0
+"""Seconds between background checkpoints while writes go on."""
 
 
 class GroupCommit:
@@ -42,9 +54,21 @@ class GroupCommit:
         self._failed = False
         self.commits = 0
         """How many group commits ran (the Admin status and the tests read it)."""
-        if store.on_disk:
+        self._checkpointer: sqlite3.Connection | None = None
+        self._checkpointing: asyncio.Future[None] | None = None
+        if store.path is not None:
             self._loop = asyncio.get_running_loop()
+            self._last_checkpoint = self._loop.time()
+            self._checkpointer = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
             store.defer_commits(self._opened)
+
+    async def close(self) -> None:
+        """Waits for a running checkpoint and closes its connection (before the store closes)."""
+        if self._checkpointing is not None:
+            await asyncio.wait([self._checkpointing])
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
 
     async def durable(self) -> None:
         """Returns once every change made so far is committed (at once in memory)."""
@@ -74,3 +98,20 @@ class GroupCommit:
             return
         self.commits += 1
         pending.set_result(None)
+        if self._checkpointing is None and self._loop.time() - self._last_checkpoint >= CHECKPOINT_EVERY:
+            self._checkpointing = self._loop.run_in_executor(None, self._checkpoint)
+            self._checkpointing.add_done_callback(self._checkpointed)
+
+    def _checkpoint(self) -> None:
+        # A worker thread: the sqlite3 module releases the GIL while SQLite works.
+        if self._checkpointer is not None:
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _checkpointed(self, done: asyncio.Future[None]) -> None:
+        self._checkpointing = None
+        self._last_checkpoint = self._loop.time()
+        try:
+            done.result()
+            self._store.checkpoint()  # the frames committed meanwhile: few, if any
+        except sqlite3.Error as error:
+            log.warning("checkpoint of %s failed (retried later): %s", self._store.path, error)

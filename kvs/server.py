@@ -203,6 +203,7 @@ async def serve(settings: Settings) -> int:
     await replicator.stop()
     if embedded:
         await asyncio.to_thread(embedded.release)
+    await commits.close()
     if data_dir:
         if not failed:
             store.close()

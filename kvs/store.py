@@ -306,8 +306,10 @@ class Store:
 
     def defer_commits(self, on_begin: Callable[[], None]) -> None:
         """From now on a write that opens a transaction calls `on_begin` and leaves it
-        open: whoever called this ends it with `commit()` (kvs.durable.GroupCommit)."""
+        open: whoever called this ends it with `commit()`, and checkpoints the WAL
+        into the file itself (kvs.durable.GroupCommit, off the event loop)."""
         self._on_begin = on_begin
+        self._db.execute("PRAGMA wal_autocheckpoint = 0")
 
     @property
     def uncommitted(self) -> bool:
@@ -327,6 +329,11 @@ class Store:
             self._db.executemany(_SAVE_DIGEST, rows)
         self._dirty.clear()
         self._db.execute("COMMIT")
+
+    def checkpoint(self) -> None:
+        """Copies what the WAL still holds into the file, between transactions (kvs.durable)."""
+        if not self._db.in_transaction:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
         """Commits what is pending and closes the database (the WAL is checkpointed into the file)."""
