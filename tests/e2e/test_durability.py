@@ -16,7 +16,9 @@ import grpc
 import pytest
 
 from kvs._gen import kvs_pb2 as pb
+from kvs._gen import replication_pb2 as rpb
 from kvs.datadir import STORE_FILE
+from kvs.store import Fragment, Store
 from tests.e2e.conftest import Processes
 from tests.e2e.harness import ROOT, KvsServer, converged, free_port, wait_for
 
@@ -149,7 +151,8 @@ def test_killing_every_server_and_the_broker_during_writes_loses_no_acknowledged
             written.pop(key, None)
         broker = processes.new_broker(port=broker.port)
         servers = restart(processes, servers, dirs)
-        converged(servers, timeout=60)
+        dump = converged(servers, timeout=60)
+        assert tuple(servers[0].status().digest) == digest_of(dump)  # the digest saved with the rows
         check_everywhere(servers, written, deleted)
         print(f"cycle {cycle}: {len(written)} writes and {len(deleted)} deletions acknowledged so far")
 
@@ -216,6 +219,34 @@ def test_a_server_down_while_the_others_wrote_and_deleted_converges_after_restar
     assert stub_get(s3, "k001") == "after"
     assert stub_get(s3, "new049") == "while s3 was down"
     converged([s1, s2, s3])
+
+
+def test_a_backup_taken_while_writing_restores_into_a_new_dir(processes: Processes, tmp_path: Path) -> None:
+    live, restored = tmp_path / "live", tmp_path / "restored"
+    server = start(processes, "s1", live)
+    list(server.stub.PutAll(iter([pb.KeyValueRequest(key=f"k{i:03}", val="v") for i in range(100)])))
+    server.stub.Del(pb.KeyRequest(key="k007"))
+    server.stub.Trim(pb.KeyRequest(key="k008"))
+    at_backup = server.dump()
+    # The README's command, while the server runs.
+    backup = tmp_path / "backup.sqlite"
+    script = "import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))"
+    python = str(ROOT / ".venv" / "bin" / "python")
+    subprocess.run([python, "-c", script, str(live / STORE_FILE), str(backup)], check=True, timeout=60)
+    server.stub.Put(pb.KeyValueRequest(key="after-the-backup", val="v"))
+    assert server.stop() == 0
+
+    restored.mkdir()
+    (restored / STORE_FILE).write_bytes(backup.read_bytes())
+    again = start(processes, "s1", restored, server.port)
+    assert again.dump() == at_backup
+    assert tuple(again.status().digest) == digest_of(at_backup)  # the saved digest is the rows' digest
+
+
+def digest_of(dump: Sequence[rpb.Fragment]) -> tuple[int, ...]:
+    store = Store(lambda: 1)
+    store.join(Fragment(f.key, f.floor, tuple(zip(f.versions, f.values, strict=True))) for f in dump)
+    return store.digest()
 
 
 # Directories that cannot be used ---------------------------------------------------------------
