@@ -63,7 +63,11 @@ class GroupCommit:
             store.defer_commits(self._opened)
 
     async def close(self) -> None:
-        """Waits for a running checkpoint and closes its connection (before the store closes)."""
+        """Commits what is pending, waits for a running checkpoint and closes its connection.
+
+        Call it before the store closes."""
+        if not self._failed:
+            self._commit()
         if self._checkpointing is not None:
             await asyncio.wait([self._checkpointing])
         if self._checkpointer is not None:
@@ -86,7 +90,8 @@ class GroupCommit:
 
     def _commit(self) -> None:
         pending, self._pending = self._pending, None
-        assert pending is not None
+        if pending is None:
+            return  # already done (by close)
         try:
             self._store.commit()
         except sqlite3.Error as error:
@@ -109,6 +114,8 @@ class GroupCommit:
 
     def _checkpointed(self, done: asyncio.Future[None]) -> None:
         self._checkpointing = None
+        if self._checkpointer is None:
+            return  # closed meanwhile
         self._last_checkpoint = self._loop.time()
         try:
             done.result()

@@ -139,3 +139,18 @@ def test_a_write_ahead_log_without_its_store_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DataDirError, match="move it away"):
         open_data_dir(tmp_path, "c")
     assert not (tmp_path / STORE_FILE).exists()
+
+
+def test_closing_commits_what_is_pending(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+
+    async def run() -> None:
+        store = Store(Clock(), path)
+        commits = GroupCommit(store)
+        store.put("last", "write")
+        await commits.close()  # before the turn that would have committed it
+        assert not store.uncommitted
+        store.close()
+
+    asyncio.run(run())
+    assert Store(Clock(), path).get("last").val == "write"
