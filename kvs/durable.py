@@ -17,7 +17,7 @@ store commits each change itself, as before.
 Checkpoints (copying the WAL into the database file, with an fsync of the
 file) would otherwise run inside a COMMIT every thousand pages, blocking the
 loop for milliseconds. Here a worker thread does them, on a connection of its
-own, at most once per CHECKPOINT_EVERY while writes go on; SQLite lets a
+own, after CHECKPOINT_COMMITS commits or CHECKPOINT_EVERY seconds of writes; SQLite lets a
 checkpoint run beside a writer. Frames committed meanwhile are copied by a
 short checkpoint on the loop between transactions, so that the next write
 starts the WAL from the beginning again instead of growing it.
@@ -41,7 +41,10 @@ from kvs.store import Store
 log = logging.getLogger("kvs.durable")
 
 CHECKPOINT_EVERY: Final = 1.0
-"""Seconds between background checkpoints while writes go on."""
+"""Seconds between background checkpoints while writes go on..."""
+CHECKPOINT_COMMITS: Final = 250
+"""...or commits, whichever comes first: a commit writes two 4 KiB pages or more, so the
+WAL holds some 2 MB or more before it is copied (SQLite alone checkpoints at 4 MB)."""
 
 
 class GroupCommit:
@@ -59,6 +62,7 @@ class GroupCommit:
         if store.path is not None:
             self._loop = asyncio.get_running_loop()
             self._last_checkpoint = self._loop.time()
+            self._last_checkpoint_commits = 0
             self._checkpointer = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
             store.defer_commits(self._opened)
 
@@ -103,7 +107,12 @@ class GroupCommit:
             return
         self.commits += 1
         pending.set_result(None)
-        if self._checkpointing is None and self._loop.time() - self._last_checkpoint >= CHECKPOINT_EVERY:
+        due = (
+            self.commits - self._last_checkpoint_commits >= CHECKPOINT_COMMITS
+            or self._loop.time() - self._last_checkpoint >= CHECKPOINT_EVERY
+        )
+        if self._checkpointing is None and due:
+            self._last_checkpoint_commits = self.commits
             self._checkpointing = self._loop.run_in_executor(None, self._checkpoint)
             self._checkpointing.add_done_callback(self._checkpointed)
 

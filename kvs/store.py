@@ -45,7 +45,7 @@ import sqlite3
 import struct
 import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -183,6 +183,7 @@ class Store:
         # the process being killed; FULL adds an fsync per commit (power loss).
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
+        self._db.execute("PRAGMA journal_size_limit = 16777216")  # a WAL that grew shrinks back to 16 MiB
         self._db.executescript(f"BEGIN; {_SCHEMA} {_DIGEST_SCHEMA} COMMIT;")
         saved = self._db.execute("SELECT bucket, hash FROM digest").fetchall()
         if len(saved) == BUCKETS:
@@ -226,7 +227,8 @@ class Store:
         ver = max(self._clock(), newest.ver + 1 if newest else 0, self._floor(key))
         if ver > MAX_VERSION:
             raise VersionExhausted(f"key {key!r} has no version left above {MAX_VERSION}")
-        with self._transaction():
+        with self._transaction() if self.path is not None else nullcontext():
+            # On disk, with the digest in the same commit; in memory one statement commits itself.
             self._db.execute(_INSERT, (key, ver, val))
             self._toggle(b"v", key, ver, val)
         old = newest or Entry(key, "", 0)
