@@ -193,10 +193,6 @@ class Store:
             with self._transaction():
                 self.rebuild_digest()
 
-    @property
-    def on_disk(self) -> bool:
-        return self.path is not None
-
     # Reads -----------------------------------------------------------------
 
     def get(self, key: str, at: Version | None = None) -> Entry:
