@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvs.datadir import STORE_FILE, open_data_dir
 from kvs.durable import GroupCommit
@@ -154,3 +157,50 @@ def test_closing_commits_what_is_pending(tmp_path: Path) -> None:
 
     asyncio.run(run())
     assert Store(Clock(), path).get("last").val == "write"
+
+
+OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.sampled_from("abcd"), st.sampled_from(["x", "y"])),
+        st.tuples(st.just("delete"), st.sampled_from("abcd"), st.just("")),
+        st.tuples(st.just("trim"), st.sampled_from("abcd"), st.just("")),
+        st.tuples(st.just("delete_range"), st.sampled_from("ab"), st.sampled_from("cd")),
+        st.tuples(st.just("join"), st.sampled_from("abcd"), st.sampled_from(["x", "y"])),
+        st.tuples(st.just("commit"), st.just(""), st.just("")),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)  # disk work: timing varies on a shared machine
+@given(OPERATIONS)
+def test_after_a_crash_a_store_holds_its_last_commit_with_its_digest(
+    operations: list[tuple[str, str, str]],
+) -> None:
+    """Every write path runs in the transaction that saves the digest: a crash never splits them."""
+    with tempfile.TemporaryDirectory() as work:
+        path = Path(work) / "s.sqlite"
+        clock = Clock()
+        store = Store(clock, path)
+        store.defer_commits(lambda: None)
+        committed = (list(store.export()), store.digest())
+        for name, a, b in operations:
+            clock.now += 1
+            if name == "put":
+                store.put(a, b)
+            elif name in ("delete", "trim"):
+                getattr(store, name)(a)
+            elif name == "delete_range":
+                store.delete_range(a, b)
+            elif name == "join":
+                store.join([Fragment(a, clock.now - 3, ((clock.now + 5, b),))])
+            else:
+                store.commit()
+                committed = (list(store.export()), store.digest())
+        store._db.close()  # killed: what was not committed is rolled back
+
+        again = Store(Clock(), path)
+        assert (list(again.export()), again.digest()) == committed
+        again.rebuild_digest()
+        assert again.digest() == committed[1]
+        again.close()
