@@ -23,6 +23,12 @@ copied by a short checkpoint on the loop between transactions (about 1 ms
 with its fsync), so that the next write starts the WAL from the beginning
 again instead of growing it: under constant writes it stays near 12 MB.
 
+A stream (PutAll, DelAll) would pay a commit per request, since each reply
+waits for its commit and the next request is read only after that reply. On
+disk, `ahead()` reads a stream's requests on a task of its own while the
+handler waits, so the handler takes, each time, every request that has
+arrived (up to AHEAD_ITEMS and AHEAD_BYTES): one commit answers them all.
+
 A COMMIT that fails (disk full, I/O error) leaves the store's view and the
 disk apart: the waiters get `NotDurable` (the client sees UNAVAILABLE, the
 write was not acknowledged) and `on_failure` stops the server.
@@ -33,19 +39,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable
-from typing import Final
+from collections.abc import AsyncIterator, Callable
+from typing import Final, Generic, TypeVar
 
 from kvs.errors import NotDurable
 from kvs.store import Store
 
 log = logging.getLogger("kvs.durable")
 
+T = TypeVar("T")
+
 CHECKPOINT_EVERY: Final = 1.0
 """Seconds between background checkpoints while writes go on..."""
 CHECKPOINT_COMMITS: Final = 250
 """...or commits, whichever comes first: a commit writes two 4 KiB pages or more, so the
 WAL holds some 2 MB or more before it is copied (SQLite alone checkpoints at 4 MB)."""
+AHEAD_ITEMS: Final = 256
+AHEAD_BYTES: Final = 1 << 20
+"""What a stream's read-ahead holds at most: requests, and their bytes (`ahead`)."""
 
 
 class GroupCommit:
@@ -78,6 +89,24 @@ class GroupCommit:
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None
+
+    async def ahead(self, items: AsyncIterator[T], size: Callable[[T], int]) -> AsyncIterator[list[T]]:
+        """A stream's items, in groups of those already received; one by one in memory.
+
+        The items come in order; whatever ended the stream early (a broken or
+        refused request) is raised after the items received before it.
+        """
+        if self._checkpointer is None:
+            async for item in items:
+                yield [item]
+            return
+        ahead = _Ahead(items, size)
+        try:
+            while group := await ahead.take():
+                yield group
+            await ahead.reader  # raises what ended the stream, if anything did
+        finally:
+            ahead.reader.cancel()
 
     async def durable(self) -> None:
         """Returns once every change made so far is committed (at once in memory)."""
@@ -132,3 +161,41 @@ class GroupCommit:
             self._store.checkpoint()  # the frames committed meanwhile: few, if any
         except sqlite3.Error as error:
             log.warning("checkpoint of %s failed (retried later): %s", self._store.path, error)
+
+
+class _Ahead(Generic[T]):
+    """Reads `items` into a buffer on a task of its own, holding a bounded amount."""
+
+    def __init__(self, items: AsyncIterator[T], size: Callable[[T], int]) -> None:
+        self._items = items
+        self._size = size
+        self._buffer: list[T] = []
+        self._held = 0  # bytes in the buffer
+        self._ended = False
+        self._arrived = asyncio.Event()  # an item, or the end
+        self._taken = asyncio.Event()  # room in the buffer again
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def take(self) -> list[T]:
+        """Every item received so far (waiting for one); [] once the stream has ended."""
+        while not self._buffer:
+            if self._ended:
+                return []
+            self._arrived.clear()
+            await self._arrived.wait()
+        group, self._buffer, self._held = self._buffer, [], 0
+        self._taken.set()
+        return group
+
+    async def _read(self) -> None:
+        try:
+            async for item in self._items:
+                self._buffer.append(item)
+                self._held += self._size(item)
+                self._arrived.set()
+                while self._held >= AHEAD_BYTES or len(self._buffer) >= AHEAD_ITEMS:
+                    self._taken.clear()
+                    await self._taken.wait()
+        finally:
+            self._ended = True
+            self._arrived.set()

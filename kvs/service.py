@@ -126,11 +126,23 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
     async def PutAll(
         self, request_iterator: AsyncIterator[pb.KeyValueRequest], context: Context
     ) -> AsyncIterator[pb.PutReply]:
-        async for request in request_iterator:
-            written, fragment = self._store.put(_key(request), request.val)
-            self._publish((fragment,))
+        # Requests that arrived together share a commit (kvs.durable; one by one in memory).
+        async for requests in self._commits.ahead(request_iterator, pb.KeyValueRequest.ByteSize):
+            done: list[Written] = []
+            refused = None
+            for request in requests:
+                try:
+                    written, fragment = self._store.put(_key(request), request.val)
+                except KvsError as error:
+                    refused = error  # after the replies of the requests applied before it
+                    break
+                self._publish((fragment,))
+                done.append(written)
             await self._commits.durable()
-            yield _put_reply(written)
+            for written in done:
+                yield _put_reply(written)
+            if refused:
+                raise refused
 
     @_unary
     async def Del(self, request: pb.KeyRequest, context: Context) -> pb.KeyValueVersionReply:
@@ -155,12 +167,23 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
     async def DelAll(
         self, request_iterator: AsyncIterator[pb.KeyRequest], context: Context
     ) -> AsyncIterator[pb.KeyValueVersionReply]:
-        async for request in request_iterator:
-            removed, fragment = self._store.delete(_key(request))
-            if fragment:
-                self._publish((fragment,))
+        async for requests in self._commits.ahead(request_iterator, pb.KeyRequest.ByteSize):
+            done: list[Entry] = []
+            refused = None
+            for request in requests:
+                try:
+                    removed, fragment = self._store.delete(_key(request))
+                except KvsError as error:
+                    refused = error
+                    break
+                if fragment:
+                    self._publish((fragment,))
+                done.append(removed)
             await self._commits.durable()
-            yield _reply(removed)
+            for removed in done:
+                yield _reply(removed)
+            if refused:
+                raise refused
 
     @_unary
     async def Trim(self, request: pb.KeyRequest, context: Context) -> pb.KeyValueVersionReply:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvs.datadir import STORE_FILE, open_data_dir
-from kvs.durable import GroupCommit
+from kvs.durable import AHEAD_BYTES, AHEAD_ITEMS, GroupCommit
 from kvs.errors import DataDirError, NotDurable
 from kvs.store import Fragment, Store
 from tests.clock import Clock
@@ -204,3 +205,56 @@ def test_after_a_crash_a_store_holds_its_last_commit_with_its_digest(
         again.rebuild_digest()
         assert again.digest() == committed[1]
         again.close()
+
+
+async def _stream(count: int, then: Exception | None = None) -> AsyncIterator[int]:
+    for i in range(count):
+        if i % 50 == 0:
+            await asyncio.sleep(0)  # arrivals in bursts, as from a socket
+        yield i
+    if then:
+        raise then
+
+
+async def _groups(commits: GroupCommit, items: AsyncIterator[int], size: int = 1) -> list[list[int]]:
+    groups = []
+    async for group in commits.ahead(items, lambda item: size):
+        groups.append(group)
+        for _ in range(10):  # the handler's commit and replies take a while
+            await asyncio.sleep(0)
+    return groups
+
+
+def test_a_stream_is_read_ahead_on_disk_in_order_and_in_bounded_groups(tmp_path: Path) -> None:
+    async def run() -> None:
+        commits = GroupCommit(Store(Clock(), tmp_path / "s.sqlite"))
+        groups = await _groups(commits, _stream(2000))
+        assert [i for group in groups for i in group] == list(range(2000))
+        assert max(map(len, groups)) == AHEAD_ITEMS  # a full buffer, and no more
+        big = await _groups(commits, _stream(100), size=AHEAD_BYTES // 4)
+        assert max(map(len, big)) == 4  # the byte bound
+
+    asyncio.run(run())
+
+
+def test_a_stream_that_breaks_yields_what_came_before_then_the_error(tmp_path: Path) -> None:
+    async def run() -> None:
+        commits = GroupCommit(Store(Clock(), tmp_path / "s.sqlite"))
+        seen: list[int] = []
+
+        async def read() -> None:
+            async for group in commits.ahead(_stream(120, ValueError("broken")), lambda item: 1):
+                seen.extend(group)
+
+        with pytest.raises(ValueError, match="broken"):
+            await read()
+        assert seen == list(range(120))
+
+    asyncio.run(run())
+
+
+def test_in_memory_a_stream_is_not_read_ahead() -> None:
+    async def run() -> list[list[int]]:
+        return await _groups(GroupCommit(Store(Clock())), _stream(10))
+
+    assert asyncio.run(run()) == [[i] for i in range(10)]
