@@ -9,7 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import grpc
@@ -17,6 +17,7 @@ import pytest
 
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import replication_pb2 as rpb
+from kvs._gen.kvs_pb2_grpc import KeyValueStoreStub
 from kvs.datadir import STORE_FILE
 from kvs.store import Fragment, Store
 from tests.e2e.conftest import Processes
@@ -75,21 +76,18 @@ class Writers:
                 if i % 7 == 0 and mine:
                     self._delete(stub, mine.pop(random.randrange(len(mine))))
                 elif i % 5 == 0:
-                    mine += self._put_all(stub, [f"{prefix}{i:05}-{j}" for j in range(5)])
+                    requests = [pb.KeyValueRequest(key=f"{prefix}{i:05}-{j}", val="v") for j in range(5)]
+                    mine += self._acknowledged(stub.PutAll(iter(requests), timeout=5))
                 else:
-                    mine += self._put_all(stub, [f"{prefix}{i:05}"], unary=True)
+                    request = pb.KeyValueRequest(key=f"{prefix}{i:05}", val="v")
+                    mine += self._acknowledged([stub.Put(request, timeout=5)])
             except grpc.RpcError:
                 return  # the server is gone: what it did not acknowledge is uncertain
             with self._lock:
                 self.calls += 1
 
-    def _put_all(self, stub: object, keys: list[str], unary: bool = False) -> list[str]:
-        """Puts `keys`; the keys of a stream cut short after its last reply stay unchecked."""
-        if unary:
-            replies = [stub.Put(pb.KeyValueRequest(key=keys[0], val=keys[0]), timeout=5)]  # type: ignore[attr-defined]
-        else:
-            requests = iter([pb.KeyValueRequest(key=k, val=k) for k in keys])
-            replies = stub.PutAll(requests, timeout=5)  # type: ignore[attr-defined]
+    def _acknowledged(self, replies: Iterable[pb.PutReply]) -> list[str]:
+        """Records each reply as it arrives: the keys of a stream cut short after its last stay unchecked."""
         done = []
         for reply in replies:
             with self._lock:
@@ -97,9 +95,9 @@ class Writers:
             done.append(reply.key)
         return done
 
-    def _delete(self, stub: object, key: str) -> None:
+    def _delete(self, stub: KeyValueStoreStub, key: str) -> None:
         try:
-            stub.Del(pb.KeyRequest(key=key), timeout=5)  # type: ignore[attr-defined]
+            stub.Del(pb.KeyRequest(key=key), timeout=5)
         except grpc.RpcError:
             with self._lock:
                 self.written.pop(key, None)
@@ -116,7 +114,7 @@ def check_everywhere(servers: Sequence[KvsServer], written: dict[str, int], dele
         replies = server.stub.GetAll(iter([pb.KeyRequest(key=k) for k in keys]), timeout=60)
         got = {reply.key: reply for reply in replies}
         for key, ver in written.items():
-            assert (got[key].val, got[key].ver) == (key, ver), f"{server.name} lost {key}@{ver}: {got[key]}"
+            assert (got[key].val, got[key].ver) == ("v", ver), f"{server.name} lost {key}@{ver}: {got[key]}"
         for key in deleted:
             assert got[key].ver == 0, f"{server.name} brought back the deleted {key}: {got[key]}"
 
