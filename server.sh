@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs one kvs server: ./server.sh [--porta 40000] [--broker HOST:PORT] [--cluster kvs] [--id ID]
+# Runs one kvs server: ./server.sh [--porta 40000] [--broker HOST:PORT] [--cluster kvs] [--id ID] [--data-dir DIR [--fsync]]
 # (sets kvs up first if needed; ./server.sh -h lists every flag).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -42,3 +42,11 @@ class ConfigError(KvsError):
 
 class KeyFileError(ConfigError):
     """A cluster key or password file that is missing, open to other users, or of the wrong size."""
+
+
+class DataDirError(KvsError):
+    """A --data-dir that cannot be used: the message is the one line the operator reads."""
+
+
+class NotDurable(KvsError):
+    """A write could not be committed to disk; it was not acknowledged."""

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 from kvs.store import Entry, Fragment, Store, Version, Written
 
@@ -49,10 +49,21 @@ STEP_SECONDS: Final = 0.002
 """How long a call may hold the event loop before it lets the others in."""
 
 
+R = TypeVar("R")
+
+
+async def _one_by_one(requests: AsyncIterator[R]) -> AsyncIterator[list[R]]:
+    async for request in requests:
+        yield [request]
+
+
 class Commits(Protocol):
-    """Makes accepted writes durable; `durable()` returns once every write so far is."""
+    """Makes accepted writes durable (kvs.durable.GroupCommit): `durable()` returns once every write
+    so far is; `ahead()` groups a stream's requests so that one commit answers several."""
 
     async def durable(self) -> None: ...
+
+    def ahead(self, items: AsyncIterator[R], size: Callable[[R], int]) -> AsyncIterator[list[R]]: ...
 
 
 async def _pause() -> None:
@@ -119,23 +130,25 @@ class ReplicatedStore:
 
     # Writes ------------------------------------------------------------------
 
-    async def put(self, key: str, val: str) -> Written:
+    async def put(self, key: str, val: str, wait: bool = True) -> Written:
+        """Store `val` under a new version; `wait` False: the caller awaits `durable()` itself."""
         written, fragment = self.store.put(key, val)
         self._publish((fragment,))
         # The hot path of Put and PutAll: no coroutine is made unless it is needed.
-        if self._commits is not None:
+        if wait and self._commits is not None:
             await self._commits.durable()
         if self._pacer.due():
             await self._pacer.pause()
         return written
 
-    async def delete(self, key: str) -> Entry:
-        """Remove every version; returns the newest removed, or (key, "", 0)."""
+    async def delete(self, key: str, wait: bool = True) -> Entry:
+        """Remove every version; returns the newest removed, or (key, "", 0). `wait`: as for `put`."""
         await self._shed(key)
         removed, fragment = self.store.delete(key)
         if fragment:
             self._publish((fragment,))
-            await self._durable()
+            if wait:
+                await self._durable()
         await self._pacer.step()
         return removed
 
@@ -165,6 +178,15 @@ class ReplicatedStore:
             await self._durable()
         await self._pacer.step()
         return kept
+
+    async def durable(self) -> None:
+        """Returns once every write so far is durable (kvs.durable; at once in memory)."""
+        await self._durable()
+
+    def ahead(self, requests: AsyncIterator[R], size: Callable[[R], int]) -> AsyncIterator[list[R]]:
+        """A stream's requests in groups of those already received, so that one commit answers a
+        group (kvs.durable); one by one in memory."""
+        return self._commits.ahead(requests, size) if self._commits is not None else _one_by_one(requests)
 
     # Internals ---------------------------------------------------------------
 

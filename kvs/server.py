@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
+import sqlite3
 import ssl
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +33,9 @@ from kvs.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from kvs.admin import Admin
 from kvs.broker import Address, BrokerAuth, EmbeddedBroker, private_auth, private_password_path
 from kvs.clock import now_ms
-from kvs.errors import BrokerRefused, BrokerUnreachable, ConfigError
+from kvs.datadir import DataDir, open_data_dir
+from kvs.durable import GroupCommit
+from kvs.errors import BrokerRefused, BrokerUnreachable, ConfigError, DataDirError
 from kvs.keys import load_cluster_key, read_password
 from kvs.limits import MAX_REQUEST_BYTES
 from kvs.metrics import NO_METRICS, Metrics
@@ -62,6 +67,8 @@ class Settings:
     broker_auth: BrokerAuth  # credentials and TLS; the private broker's own when it is used
     tls: ServerTls | None = None  # --tls-cert, --tls-key, --tls-client-ca
     metrics_port: int | None = None  # --metrics-port: serve Prometheus metrics there (kvs.metrics)
+    data_dir: Path | None = None  # None: the store is in memory
+    fsync: bool = False
 
 
 class Server:
@@ -141,91 +148,115 @@ def broker_error(settings: Settings, error: Exception) -> str:
     return f"the broker refused this server ({error}): {hint}"
 
 
-async def serve(settings: Settings) -> int:
-    """Runs a server until SIGINT or SIGTERM; returns the exit status."""
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stopping.set)
+def open_store(settings: Settings) -> tuple[Store, DataDir | None]:
+    """The store: in memory, or in --data-dir (locked for this process); raises DataDirError."""
+    if settings.data_dir is None:
+        return Store(now_ms), None
+    data_dir = open_data_dir(settings.data_dir, settings.cluster)
+    started = time.monotonic()
+    try:
+        store = Store(now_ms, data_dir.store_path, settings.fsync)
+    except sqlite3.Error as error:
+        data_dir.close()
+        raise DataDirError(f"--data-dir {settings.data_dir}: cannot open its store ({error})") from None
+    mode = "synchronous=FULL (--fsync)" if settings.fsync else "synchronous=NORMAL"
+    log.info("store %s opened in %.2f s, %s", data_dir.store_path, time.monotonic() - started, mode)
+    return store, data_dir
 
-    store = Store(now_ms)
-    embedded = None
-    if settings.broker_is_default and settings.broker.local:
-        embedded = EmbeddedBroker(settings.broker.port, settings.broker_auth.password or "")
+
+async def serve(settings: Settings) -> int:
+    """Runs a server until SIGINT or SIGTERM; returns the exit status.
+
+    Whatever was started is stopped in the reverse order, on every path out.
+    """
+    stopping = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
+    failed = asyncio.Event()  # a commit to disk failed: stop, and leave the file as it is
+
+    async with contextlib.AsyncExitStack() as started:
         try:
-            await asyncio.to_thread(embedded.acquire)
+            store, data_dir = open_store(settings)
+        except DataDirError as error:
+            print(error, file=sys.stderr)
+            return 1
+        if data_dir:
+            started.callback(data_dir.close)
+            started.callback(lambda: None if failed.is_set() else store.close())
+        commits = GroupCommit(store, lambda: _set(failed, stopping))
+        started.push_async_callback(commits.close)
+        try:
+            embedded = await _private_broker(settings, started)
         except OSError as error:
             print(f"{BROKER_ERROR} ({settings.broker}: {error})", file=sys.stderr)
             return 1
-    fresh = bool(embedded and embedded.fresh)
-    metrics = Metrics(store.stats) if settings.metrics_port is not None else None
-    replicator = Replicator(
-        store,
-        settings.cluster,
-        settings.node_id,
-        settings.broker,
-        settings.cluster_key,
-        sync_interval=settings.sync_interval,
-        fresh=fresh,
-        auth=settings.broker_auth,
-        metrics=metrics or NO_METRICS,
-    )
-    server = Server(
-        ReplicatedStore(store, replicator.publish),
-        f"{settings.listen}:{settings.port}",
-        Admin(store, replicator),
-        settings.tls,
-        metrics,
-    )
-    try:
-        port = await server.start()
-    except RuntimeError as error:
-        log.error("cannot listen on %s:%s (%s): is the port in use?", settings.listen, settings.port, error)
-        if embedded:
-            await asyncio.to_thread(embedded.release)
-        return 1
-    security = "" if not settings.tls else " over mutual TLS" if settings.tls.client_ca else " over TLS"
-    log.info(
-        "listening on %s:%d%s as %s in cluster %s",
-        settings.listen,
-        port,
-        security,
-        settings.node_id,
-        settings.cluster,
-    )
-    if metrics and not _serve_metrics(metrics, settings):
-        await server.stop(0)
-        if embedded:
-            await asyncio.to_thread(embedded.release)
-        return 1
-
-    try:
-        await replicator.start()
-    except (BrokerUnreachable, OSError) as error:
-        print(broker_error(settings, error), file=sys.stderr)
-        await server.stop(0)
-        if embedded:
-            embedded.release()
-        return 1
-
-    caught_up = asyncio.ensure_future(replicator.caught_up.wait())
-    await asyncio.wait(
-        [caught_up, asyncio.ensure_future(stopping.wait())], return_when=asyncio.FIRST_COMPLETED
-    )
-    if caught_up.done():
-        await server.serving()
-        log.info("serving")
-        await stopping.wait()
-
-    log.info("shutting down")
-    await server.stop()
-    await replicator.stop()
-    if metrics:
-        metrics.stop()
-    if embedded:
-        await asyncio.to_thread(embedded.release)
+        metrics = Metrics(store.stats) if settings.metrics_port is not None else None
+        replicator = Replicator(
+            store,
+            settings.cluster,
+            settings.node_id,
+            settings.broker,
+            settings.cluster_key,
+            sync_interval=settings.sync_interval,
+            fresh=bool(embedded and embedded.fresh),
+            auth=settings.broker_auth,
+            metrics=metrics or NO_METRICS,
+        )
+        address = f"{settings.listen}:{settings.port}"
+        server = Server(
+            ReplicatedStore(store, replicator.publish, commits),
+            address,
+            Admin(store, replicator),
+            settings.tls,
+            metrics,
+        )
+        try:
+            port = await server.start()
+        except RuntimeError as error:
+            log.error("cannot listen on %s (%s): is the port in use?", address, error)
+            return 1
+        security = "" if not settings.tls else " over mutual TLS" if settings.tls.client_ca else " over TLS"
+        where = f"{settings.listen}:{port}{security}"
+        log.info("listening on %s as %s in cluster %s", where, settings.node_id, settings.cluster)
+        if metrics and not _serve_metrics(metrics, settings):
+            await server.stop(0)
+            return 1
+        if metrics:
+            started.callback(metrics.stop)
+        try:
+            await replicator.start()
+        except (BrokerUnreachable, OSError) as error:
+            print(broker_error(settings, error), file=sys.stderr)
+            await server.stop(0)
+            return 1
+        started.push_async_callback(replicator.stop)  # after the server: no write goes unpublished
+        started.push_async_callback(server.stop)
+        caught_up = asyncio.ensure_future(replicator.caught_up.wait())
+        await asyncio.wait(
+            [caught_up, asyncio.ensure_future(stopping.wait())], return_when=asyncio.FIRST_COMPLETED
+        )
+        if caught_up.done():
+            await server.serving()
+            log.info("serving")
+            await stopping.wait()
+        log.info("shutting down")
     log.info("stopped")
-    return 0
+    return 1 if failed.is_set() else 0
+
+
+def _set(*events: asyncio.Event) -> None:
+    for event in events:
+        event.set()
+
+
+async def _private_broker(settings: Settings, started: contextlib.AsyncExitStack) -> EmbeddedBroker | None:
+    """The private mosquitto (started if none listens), when no broker was named; released on exit."""
+    if not (settings.broker_is_default and settings.broker.local):
+        return None
+    embedded = EmbeddedBroker(settings.broker.port, settings.broker_auth.password or "")
+    await asyncio.to_thread(embedded.acquire)
+    started.push_async_callback(asyncio.to_thread, embedded.release)
+    return embedded
 
 
 def _serve_metrics(metrics: Metrics, settings: Settings) -> bool:
@@ -287,12 +318,25 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         "--tls-client-ca", metavar="PATH", help="require client certificates signed by this CA (mutual TLS)"
     )
     parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep the store on disk in DIR (created if missing), not in memory",
+    )
+    parser.add_argument(
+        "--fsync",
+        action="store_true",
+        help="with --data-dir: fsync each group commit (survives a power loss)",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         metavar="PORT",
         help="serve Prometheus metrics on http://LISTEN:PORT/metrics (off)",
     )
     args = parser.parse_args(argv)
+    if args.fsync and args.data_dir is None:
+        parser.error("--fsync needs --data-dir")
     if not 0 <= args.port <= 65535:
         parser.error(f"--porta must be between 0 and 65535, not {args.port}")
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
@@ -332,6 +376,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         broker_auth=_broker_auth(args, broker, broker_is_default),
         tls=tls,
         metrics_port=args.metrics_port,
+        data_dir=args.data_dir,
+        fsync=args.fsync,
     )
 
 

@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError, Message
 
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import kvs_pb2_grpc as pb_grpc
-from kvs.errors import InvalidArgument, KvsError, VersionExhausted
+from kvs.errors import InvalidArgument, KvsError, NotDurable, VersionExhausted
 from kvs.replicated import ReplicatedStore
 from kvs.store import MAX_VERSION, Entry, Version, Written
 
@@ -30,6 +30,7 @@ SERVICE_NAME = _SERVICE.full_name
 STATUS: dict[type[KvsError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     VersionExhausted: grpc.StatusCode.OUT_OF_RANGE,
+    NotDurable: grpc.StatusCode.UNAVAILABLE,  # the commit failed: not acknowledged, the server stops
 }
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -181,8 +182,21 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
     async def PutAll(
         self, request_iterator: AsyncIterator[pb.KeyValueRequest], context: Context
     ) -> AsyncIterator[pb.PutReply]:
-        async for request in request_iterator:
-            yield _put_reply(await self._store.put(_key(request), request.val))
+        # Requests that arrived together share a commit (kvs.durable; one by one in memory).
+        async for requests in self._store.ahead(request_iterator, pb.KeyValueRequest.ByteSize):
+            done: list[Written] = []
+            refused = None
+            for request in requests:
+                try:
+                    done.append(await self._store.put(_key(request), request.val, wait=False))
+                except KvsError as error:
+                    refused = error  # raised after the replies of the requests applied before it
+                    break
+            await self._store.durable()
+            for written in done:
+                yield _put_reply(written)
+            if refused:
+                raise refused
 
     @_unary
     async def Del(self, request: pb.KeyRequest, context: Context) -> pb.KeyValueVersionReply:
@@ -200,8 +214,20 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
     async def DelAll(
         self, request_iterator: AsyncIterator[pb.KeyRequest], context: Context
     ) -> AsyncIterator[pb.KeyValueVersionReply]:
-        async for request in request_iterator:
-            yield _reply(await self._store.delete(_key(request)))
+        async for requests in self._store.ahead(request_iterator, pb.KeyRequest.ByteSize):
+            done: list[Entry] = []
+            refused = None
+            for request in requests:
+                try:
+                    done.append(await self._store.delete(_key(request), wait=False))
+                except KvsError as error:
+                    refused = error  # as in PutAll
+                    break
+            await self._store.durable()
+            for removed in done:
+                yield _reply(removed)
+            if refused:
+                raise refused
 
     @_unary
     async def Trim(self, request: pb.KeyRequest, context: Context) -> pb.KeyValueVersionReply:

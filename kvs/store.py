@@ -30,6 +30,12 @@ The data live in an in-memory SQLite database (table by table below): it keeps
 times as much, and it orders keys byte-wise (UTF-8 in BINARY collation) for
 ranges. A per-bucket digest (XOR of one 64-bit hash per version and per floor)
 is kept up to date on every change, so replicas can compare their state cheaply.
+
+With a `path` (--data-dir, kvs.datadir) the same tables live in an SQLite file
+in WAL mode, and the digest is saved with every commit (table `digest`), so a
+restart reads 256 rows instead of rehashing every version. On disk a write
+leaves its transaction open when `defer_commits` was called (kvs.durable's
+group commit ends it); otherwise each change commits at once, as in memory.
 """
 
 from __future__ import annotations
@@ -39,9 +45,10 @@ import sqlite3
 import struct
 import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import groupby
+from pathlib import Path
 from typing import Final, TypeAlias
 
 from kvs.errors import VersionExhausted
@@ -109,7 +116,7 @@ def bucket_of(key: str) -> int:
 
 _SCHEMA = """
 -- One row per stored version; the primary key orders keys byte-wise, then versions.
-CREATE TABLE versions (
+CREATE TABLE IF NOT EXISTS versions (
     key TEXT NOT NULL,
     ver INTEGER NOT NULL,
     val TEXT NOT NULL,
@@ -117,7 +124,7 @@ CREATE TABLE versions (
 ) WITHOUT ROWID;
 -- The deletion floor of every key that has one (> 0): no version below it is kept.
 -- A floor whose key has no versions left is a tombstone.
-CREATE TABLE floors (
+CREATE TABLE IF NOT EXISTS floors (
     key TEXT PRIMARY KEY,
     floor INTEGER NOT NULL
 ) WITHOUT ROWID;
@@ -186,18 +193,47 @@ ORDER BY 1
 """
 _KEY_COUNT = "SELECT count(*) FROM (SELECT DISTINCT key FROM versions)"
 
+# In a file only: each bucket's digest as of the last commit (a signed 64-bit integer).
+_DIGEST_SCHEMA = """
+CREATE TABLE IF NOT EXISTS digest (
+    bucket INTEGER PRIMARY KEY,
+    hash INTEGER NOT NULL
+);
+"""
+_SAVE_DIGEST = "INSERT OR REPLACE INTO digest (bucket, hash) VALUES (?, ?)"
+_ALL_ROWS = "SELECT 'f', key, floor, '' FROM floors UNION ALL SELECT 'v', key, ver, val FROM versions"
+
 _HASH_HEADER = struct.Struct("<cIq")  # kind (b"v" version, b"f" floor), key length, version
 
 
 class Store:
     """Every key's versions and floor, with reads, writes, the join and a digest."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, path: Path | None = None, fsync: bool = False) -> None:
+        """In memory, or in the SQLite file `path` (created if missing); `fsync`: FULL sync."""
         self._clock = clock
-        # One connection, used by one thread at a time (see kvs.server).
-        self._db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        self._db.executescript(_SCHEMA)
         self._digest = [0] * BUCKETS
+        self._dirty: set[int] = set()  # buckets whose digest changed since the last commit
+        self._on_begin: Callable[[], None] | None = None
+        self.path = path
+        # One connection, used by one thread at a time (see kvs.server).
+        self._db = sqlite3.connect(path or ":memory:", isolation_level=None, check_same_thread=False)
+        if path is None:
+            self._db.executescript(_SCHEMA)
+            return
+        # WAL: a commit appends to the log, with no fsync under NORMAL, and survives
+        # the process being killed; FULL adds an fsync per commit (power loss).
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
+        self._db.execute("PRAGMA journal_size_limit = 16777216")  # a WAL that grew shrinks back to 16 MiB
+        self._db.executescript(f"BEGIN; {_SCHEMA} {_DIGEST_SCHEMA} COMMIT;")
+        saved = self._db.execute("SELECT bucket, hash FROM digest").fetchall()
+        if len(saved) == BUCKETS:
+            for bucket, value in saved:
+                self._digest[bucket] = value % 2**64
+        else:  # a new file (or one saved without its digest): hash every row once
+            with self._transaction():
+                self.rebuild_digest()
 
     # Reads -----------------------------------------------------------------
 
@@ -257,8 +293,10 @@ class Store:
         ver = max(self._clock(), newest.ver + 1 if newest else 0, self._floor(key))
         if ver > MAX_VERSION:
             raise VersionExhausted(f"key {key!r} has no version left above {MAX_VERSION}")
-        self._db.execute(_INSERT, (key, ver, val))
-        self._toggle(b"v", key, ver, val)
+        with self._transaction() if self.path is not None else nullcontext():
+            # On disk, with the digest in the same commit; in memory one statement commits itself.
+            self._db.execute(_INSERT, (key, ver, val))
+            self._toggle(b"v", key, ver, val)
         old = newest or Entry(key, "", 0)
         return Written(key, old.val, old.ver, ver), Fragment(key, versions=((ver, val),))
 
@@ -339,6 +377,51 @@ class Store:
             if buckets is None or bucket_of(fragment.key) in buckets:
                 yield fragment
 
+    def rebuild_digest(self) -> None:
+        """Recomputes every bucket's digest from the rows (and saves it, on disk)."""
+        self._digest = [0] * BUCKETS
+        for kind, key, ver, val in self._db.execute(_ALL_ROWS):
+            self._toggle(kind.encode(), key, ver, val)
+        self._dirty = set(range(BUCKETS))
+
+    # Transactions (files) ----------------------------------------------------
+
+    def defer_commits(self, on_begin: Callable[[], None]) -> None:
+        """From now on a write that opens a transaction calls `on_begin` and leaves it
+        open: whoever called this ends it with `commit()`, and checkpoints the WAL
+        into the file itself (kvs.durable.GroupCommit, off the event loop)."""
+        self._on_begin = on_begin
+        self._db.execute("PRAGMA wal_autocheckpoint = 0")
+
+    @property
+    def uncommitted(self) -> bool:
+        """Whether changes are waiting for `commit()`."""
+        return self._db.in_transaction
+
+    def commit(self) -> None:
+        """Commits the open transaction, if any, with the digest of the buckets it changed."""
+        if not self._db.in_transaction:
+            return
+        if self.path is not None and self._dirty:
+            # SQLite integers are signed: store the hash's two's complement.
+            rows = [
+                (b, int.from_bytes(self._digest[b].to_bytes(8, "little"), "little", signed=True))
+                for b in self._dirty
+            ]
+            self._db.executemany(_SAVE_DIGEST, rows)
+        self._dirty.clear()
+        self._db.execute("COMMIT")
+
+    def checkpoint(self) -> None:
+        """Copies what the WAL still holds into the file, between transactions (kvs.durable)."""
+        if not self._db.in_transaction:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def close(self) -> None:
+        """Commits what is pending and closes the database (the WAL is checkpointed into the file)."""
+        self.commit()
+        self._db.close()
+
     # Internals -------------------------------------------------------------
 
     @contextmanager
@@ -350,10 +433,14 @@ class Store:
             yield
             return
         self._db.execute("BEGIN")
+        if self._on_begin is not None:  # group commit: kvs.durable commits it later
+            self._on_begin()
+            yield
+            return
         try:
             yield
         finally:
-            self._db.execute("COMMIT")
+            self.commit()
 
     def _newest(self, key: str) -> Entry | None:
         row = self._db.execute(_AT, (key, INT64_MAX)).fetchone()
@@ -393,7 +480,9 @@ class Store:
         # XOR is its own inverse: the same call adds an entry to the digest or removes it.
         raw = key.encode()
         entry = hashlib.blake2b(_HASH_HEADER.pack(kind, len(raw), ver) + raw + val.encode(), digest_size=8)
-        self._digest[zlib.crc32(raw) % BUCKETS] ^= int.from_bytes(entry.digest(), "little")
+        bucket = zlib.crc32(raw) % BUCKETS
+        self._digest[bucket] ^= int.from_bytes(entry.digest(), "little")
+        self._dirty.add(bucket)
 
 
 def _fragments(rows: Iterable[tuple[str, Version | None, Version | None, str | None]]) -> Iterator[Fragment]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -49,10 +50,13 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from kvs._gen import kvs_pb2 as pb  # noqa: E402
 from kvs._gen import kvs_pb2_grpc as pb_grpc  # noqa: E402
 from kvs.channel import open_channel  # noqa: E402
+from kvs.datadir import open_data_dir  # noqa: E402
+from kvs.store import Store  # noqa: E402
 from tests.e2e.harness import KvsServer, Mosquitto, Process, free_port, listening, wait_for  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 KEYS = 100_000
+KEYS_ON_DISK = 1_000_000
 RAW_BYTES = KEYS * (16 + 100)  # 16-byte keys, 100-byte values
 LAG_RATE, LAG_SECONDS = 1000, 3
 STALL_KEYS = 200_000
@@ -89,6 +93,7 @@ class Bench:
         self.work = work
         self.figures: dict[str, Figure] = {}
         self.processes: list[Process] = []
+        self.cpu_per_call = 0.0  # seconds, of the last `load` given a server
 
     # Processes ---------------------------------------------------------------
 
@@ -142,8 +147,13 @@ class Bench:
     def record(self, name: str, unit: str, value: float) -> None:
         self.figures.setdefault(name, Figure(name, unit)).values.append(value)
 
-    def load(self, address: str, mode: str, concurrency: int) -> float:
-        """Calls (or streamed messages) per second from client processes, 8 calls in flight each at most."""
+    def load(self, address: str, mode: str, concurrency: int, server: KvsServer | None = None) -> float:
+        """Calls (or streamed messages) per second from client processes, 8 calls in flight each at most.
+
+        With `server`, also records the CPU time that server spent per call (over every call
+        made, warm-up included), which the other processes on the machine disturb far less.
+        """
+        cpu = _cpu_seconds(server.pid) if server else 0.0
         processes = max(1, concurrency // 8)
         runs = [
             subprocess.Popen(
@@ -163,8 +173,10 @@ class Bench:
             )
             for n in range(processes)
         ]
-        counts = [int(json.loads(run.communicate(timeout=120)[0])["count"]) for run in runs]
-        return sum(counts) / self.seconds
+        outputs = [json.loads(run.communicate(timeout=120)[0]) for run in runs]
+        if server:
+            self.cpu_per_call = (_cpu_seconds(server.pid) - cpu) / sum(int(out["total"]) for out in outputs)
+        return sum(int(out["count"]) for out in outputs) / self.seconds
 
     def throughput(self) -> None:
         targets = {"kvs": self.kvs, "echo_uvloop": self.echo["uvloop"]}
@@ -302,6 +314,54 @@ class Bench:
                 self.record(f"stall_{name}_get_max", "ms", poller.stop())
                 self.record(f"stall_{name}_seconds", "s", done["seconds"])
 
+    def disk(self) -> None:
+        """Put and PutAll with the store on disk (with and without --fsync) against in memory."""
+        stores = {
+            "memory": [],
+            "disk": ["--data-dir", str(self.work / "disk-{}")],
+            "fsync": ["--data-dir", str(self.work / "fsync-{}"), "--fsync"],
+        }
+        targets = {}
+        for store, extra in stores.items():
+            cluster = f"bench-{store}"
+            targets[store], _ = (
+                self._server(f"{cluster}-{n}", cluster, [a.format(n) for a in extra]) for n in (1, 2)
+            )
+        for _ in range(self.rounds):
+            for mode in ("put", "putall"):
+                for concurrency in (1, 16):
+                    for store, server in targets.items():
+                        name = f"store_{mode}_c{concurrency}"
+                        unit = "msgs/s" if mode.endswith("all") else "calls/s"
+                        rate = self.load(address(server), mode, concurrency, server)
+                        self.record(f"{name}.{store}", unit, rate)
+                        self.record(f"{name}_cpu.{store}", "us", self.cpu_per_call * 1e6)
+
+    def restart(self) -> None:
+        """Start to SERVING on a --data-dir holding KEYS_ON_DISK keys, and on an empty one."""
+        full, empty = self.work / "restart-full", self.work / "restart-empty"
+        for data, count in ((full, KEYS_ON_DISK), (empty, 0)):
+            data_dir = open_data_dir(data, "bench-restart")
+            store = Store(lambda: 1, data_dir.store_path)
+            store.defer_commits(lambda: None)  # one transaction for the whole fill
+            for i in range(count):
+                store.put(f"{i:016d}", "v" * 100)
+            store.close()
+            data_dir.close()
+        for r in range(self.rounds):
+            for data, name in ((empty, "restart_empty"), (full, "restart")):
+                start = time.monotonic()
+                server = KvsServer(
+                    self.work,
+                    f"restart-{name}-{r}",
+                    ["--broker", self.broker.address, "--cluster", "bench-restart", "--data-dir", str(data)],
+                )
+                self.processes.append(server)
+                server.start()
+                server.wait_serving(timeout=120)
+                self.record(f"{name}_serving", "s", time.monotonic() - start)
+                server.stop(signal.SIGKILL)  # a crash: the next start finds what kill -9 leaves
+
     def _script(self, script: str, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [PYTHON, f"scripts/{script}", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True
@@ -396,6 +456,31 @@ COMPARISONS = [
         Comparison(f"Get while {call}", f"stall_{call}_get_max", "", "< 250 ms", lambda r: True)
         for call in ("idle", "putall", "delrange", "trim")
     ),
+    *(
+        Comparison(
+            f"{mode} C={c} {store}",
+            f"store_{mode}_c{c}.{store}",
+            f"store_{mode}_c{c}.memory",
+            ">= 0.85" if store == "disk" else "",
+            lambda r: r >= 0.85,
+        )
+        for mode in ("put", "putall")
+        for c in (1, 16)
+        for store in ("disk", "fsync")
+    ),
+    *(
+        Comparison(
+            f"{mode} C={c} {store} CPU/call",
+            f"store_{mode}_c{c}_cpu.{store}",
+            f"store_{mode}_c{c}_cpu.memory",
+            "",
+            lambda r: True,
+        )
+        for mode in ("put", "putall")
+        for c in (1, 16)
+        for store in ("disk", "fsync")
+    ),
+    Comparison("restart, 1M keys", "restart_serving", "restart_empty_serving", "", lambda r: True),
     Comparison(
         "memory / 100k keys", "memory_per_100k_keys", "memory_raw_100k_keys", "<= 2.0", lambda r: r <= 2.0
     ),
@@ -445,7 +530,8 @@ def report(bench: Bench) -> None:
     print(f"medians of {bench.rounds} rounds; throughput windows of {bench.seconds} s after a 0.5 s warm-up")
 
 
-PARTS = ["throughput", "metrics", "auth", "lag", "joiner", "stalls"]
+PARTS = ["throughput", "metrics", "auth", "lag", "joiner", "stalls", "disk", "restart"]
+DEFAULT_PARTS = PARTS[:-1]  # restart fills a million keys first: a minute or two more
 
 
 def main() -> int:
@@ -459,7 +545,7 @@ def main() -> int:
         "--trim-versions", type=int, default=200_000, help="versions of the key the stall part trims"
     )
     args = parser.parse_args()
-    parts = args.only or PARTS
+    parts = args.only or DEFAULT_PARTS
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="kvs-bench-") as work:
         bench = Bench(args.rounds, args.seconds, Path(work), args.trim_versions)

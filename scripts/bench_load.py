@@ -37,11 +37,13 @@ class Counter:
         self.start = time.monotonic() + WARMUP
         self.end = self.start + seconds
         self.count = 0
+        self.total = 0  # warm-up and the calls still running at the end included
 
     def running(self) -> bool:
         return time.monotonic() < self.end
 
     def tick(self, n: int = 1) -> None:
+        self.total += n
         if self.start <= time.monotonic() < self.end:
             self.count += n
 
@@ -101,7 +103,7 @@ async def main() -> None:
         counter = Counter(seconds)
         work = unary if mode in ("put", "get") else streaming
         await asyncio.gather(*(work(stub, mode, n, prefix, counter) for n in range(concurrency)))
-    print(json.dumps({"count": counter.count, "seconds": seconds}))
+    print(json.dumps({"count": counter.count, "total": counter.total, "seconds": seconds}))
 
 
 if __name__ == "__main__":

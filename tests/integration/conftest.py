@@ -6,12 +6,14 @@ import asyncio
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import pytest
 
 from kvs._gen import kvs_pb2_grpc
 from kvs.channel import open_channel
+from kvs.durable import GroupCommit
 from kvs.replicated import ReplicatedStore
 from kvs.server import Server
 from kvs.store import Fragment, Store
@@ -46,7 +48,8 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
-def start_server(loop: asyncio.AbstractEventLoop, serving: bool = True) -> Running:
+def start_server(loop: asyncio.AbstractEventLoop, serving: bool = True, path: Path | None = None) -> Running:
+    """A server on port 0, its store in memory or in the file `path` (with group commit)."""
     clock = Clock()
     published: list[list[Fragment]] = []
 
@@ -54,7 +57,8 @@ def start_server(loop: asyncio.AbstractEventLoop, serving: bool = True) -> Runni
         published.append(list(fragments))
 
     async def start() -> tuple[Server, int]:
-        server = Server(ReplicatedStore(Store(clock), publish), "127.0.0.1:0")
+        store = Store(clock, path)
+        server = Server(ReplicatedStore(store, publish, GroupCommit(store)), "127.0.0.1:0")
         port = await server.start()
         if serving:
             await server.serving()
@@ -66,9 +70,10 @@ def start_server(loop: asyncio.AbstractEventLoop, serving: bool = True) -> Runni
     return Running(port, stub, channel, clock, server, loop, published)
 
 
-@pytest.fixture
-def kvs(loop: asyncio.AbstractEventLoop) -> Iterator[Running]:
-    running = start_server(loop)
+@pytest.fixture(params=["memory", "disk"])
+def kvs(loop: asyncio.AbstractEventLoop, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Running]:
+    """Every RPC test runs against a store in memory and one on disk (--data-dir)."""
+    running = start_server(loop, path=tmp_path / "kvs.sqlite" if request.param == "disk" else None)
     yield running
     running.channel.close()
     running.run(running.server.stop(0))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TypeVar
 
 from hypothesis import given, settings
@@ -17,6 +17,9 @@ from tests.unit.test_store_properties import fragments, state_of
 T = TypeVar("T")
 
 
+R = TypeVar("R")
+
+
 class Recorder:
     """A publish function and a `Commits` that record what they saw, in order."""
 
@@ -28,6 +31,10 @@ class Recorder:
 
     async def durable(self) -> None:
         self.events.append("durable")
+
+    async def ahead(self, items: AsyncIterator[R], size: Callable[[R], int]) -> AsyncIterator[list[R]]:
+        async for item in items:
+            yield [item]
 
 
 def replicated(clock: Clock | None = None) -> tuple[ReplicatedStore, Recorder]:
