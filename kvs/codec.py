@@ -89,6 +89,7 @@ class Message:
     epoch: int = 0
     counter: int = 0
     sent_ms: int = 0
+    to: str = ""  # the server it was signed for ("": everyone)
 
 
 class Codec:
@@ -107,16 +108,16 @@ class Codec:
 
     # Encoding ----------------------------------------------------------------
 
-    def digest(self, body: Digest) -> bytes:
-        envelope = self._envelope()
+    def digest(self, body: Digest, to: str = "") -> bytes:
+        envelope = self._envelope(to)
         envelope.digest.buckets.extend(body.buckets)
         envelope.digest.request, envelope.digest.batch_seq = body.request, body.batch_seq
         envelope.digest.since = body.since
         return self._seal(envelope)
 
-    def encode(self, body: Digest | Presence) -> bytes:
+    def encode(self, body: Digest | Presence, to: str = "") -> bytes:
         """A digest or presence payload (the sync core's own messages; batches and transfers are split)."""
-        return self.digest(body) if isinstance(body, Digest) else self.presence(body.up)
+        return self.digest(body, to) if isinstance(body, Digest) else self.presence(body.up)
 
     def presence(self, up: bool = True) -> bytes:
         envelope = self._envelope()
@@ -136,7 +137,7 @@ class Codec:
         return self._seal(envelope)
 
     def transfer(
-        self, fragments: Iterable[Fragment], send_back: Iterable[int] = (), answers: int = 0
+        self, fragments: Iterable[Fragment], send_back: Iterable[int] = (), answers: int = 0, to: str = ""
     ) -> Iterator[bytes]:
         """Transfer payloads carrying `fragments`; the final one (always sent) sets `last` and `parts`."""
         transfer_id = next(self._transfer_ids)
@@ -144,10 +145,10 @@ class Codec:
         part = 0
         for chunk in chunks(fragments):
             if pending is not None:
-                yield self._transfer(transfer_id, part, pending)
+                yield self._transfer(transfer_id, part, pending, to)
                 part += 1
             pending = chunk
-        last = self._envelope()
+        last = self._envelope(to)
         _fill(last.transfer.fragments, pending or [])
         last.transfer.last = True
         last.transfer.send_back.extend(sorted(send_back))
@@ -156,14 +157,15 @@ class Codec:
         last.transfer.id, last.transfer.part = transfer_id, part
         yield self._seal(last)
 
-    def _transfer(self, transfer_id: int, part: int, chunk: list[Fragment]) -> bytes:
-        envelope = self._envelope()
+    def _transfer(self, transfer_id: int, part: int, chunk: list[Fragment], to: str) -> bytes:
+        envelope = self._envelope(to)
         _fill(envelope.transfer.fragments, chunk)
         envelope.transfer.id, envelope.transfer.part = transfer_id, part
         return self._seal(envelope)
 
-    def _envelope(self) -> pb.Envelope:
+    def _envelope(self, to: str = "") -> pb.Envelope:
         return pb.Envelope(
+            to=to,
             cluster=self.cluster,
             origin=self.origin,
             epoch=self.epoch,
@@ -200,7 +202,9 @@ class Codec:
         if not envelope.epoch or not envelope.counter:
             raise CodecError("message without an epoch and counter")
         body_ = _body(envelope)
-        return Message(envelope.origin, body_, envelope.epoch, envelope.counter, envelope.sent_ms)
+        return Message(
+            envelope.origin, body_, envelope.epoch, envelope.counter, envelope.sent_ms, envelope.to
+        )
 
 
 def _body(envelope: pb.Envelope) -> Body:

@@ -53,6 +53,17 @@ class Peer:
         self.next_batch = max(expected, seq + 1)
         return expected if expected and (seq > expected if received else seq >= expected) else 0
 
+    def asking(self, request: int, now: float, since: int) -> None:
+        """Request `request` now asks it for its batches `since` (0: the buckets that differ)."""
+        self.asked, self.asked_at, self.asked_since, self.again = request, now, since, None
+
+    def reask(self) -> int:
+        """After a reconnection (what was asked may be lost with it): the batch to ask again from."""
+        pending = [self.asked_since] if self.asked else []
+        since = min([self.next_batch, *pending, *([] if self.again is None else [self.again])])
+        self.asked, self.again = 0, None
+        return since
+
     def differs(self, ours: Digests) -> bool:
         """Whether its last periodic digest differs from `ours`."""
         return self.digests is not None and self.digests[0] != ours
@@ -88,8 +99,9 @@ def differing(ours: Digests, theirs: Digests) -> frozenset[int]:
 class Peers(dict[str, Peer]):
     """The peers heard from, by id."""
 
-    def __init__(self) -> None:
+    def __init__(self, epoch: int = 0) -> None:
         super().__init__()
+        self.epoch = epoch  # our own run's: a peer's run that began later, we have seen from its start
         self._departed: OrderedDict[str, int] = OrderedDict()
 
     def present(self) -> list[str]:
@@ -102,13 +114,16 @@ class Peers(dict[str, Peer]):
             if message.epoch < self._departed.get(message.origin, 0):
                 return None  # an earlier run of a server that left
             present = peer is not None and peer.present  # a restart: still present
-            peer = self[message.origin] = Peer(message.epoch, present=present)
+            # A run that began after ours: its batches are numbered from 1, so a lost first one shows.
+            first = 1 if self.epoch and message.epoch > self.epoch else 0
+            peer = self[message.origin] = Peer(message.epoch, present=present, next_batch=first)
         elif message.epoch < peer.epoch:
             return None
         counter = message.counter
         if counter > peer.high:
             shift = counter - peer.high
-            peer.seen = ((peer.seen << shift) | (1 << (shift - 1))) & ((1 << WINDOW) - 1) if peer.high else 0
+            fits = peer.high and shift <= WINDOW  # else no counter of the window was seen
+            peer.seen = ((peer.seen << shift) | (1 << (shift - 1))) & ((1 << WINDOW) - 1) if fits else 0
             peer.high = counter
         else:
             bit = peer.high - 1 - counter

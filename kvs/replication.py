@@ -30,7 +30,7 @@ from kvs.sending import Kept, state_pages
 from kvs.session import Session
 from kvs.store import Fragment, Store
 from kvs.sync import Sync
-from kvs.topics import UPTIME, Topics, uptime
+from kvs.topics import UPTIME, Topics, recipient, uptime
 
 log = logging.getLogger("kvs.replication")
 
@@ -63,9 +63,8 @@ class Replicator:
         self.node_id, self.cluster, self.broker = node_id, cluster, broker
         self.caught_up = asyncio.Event()
         """Set once this server holds its peers' state (kvs.sync's joining rule)."""
-        self._store = store
-        self._codec = Codec(cluster, node_id, key, epoch=now_ms(), clock=now_ms)
-        self._sync = Sync(node_id, sync_interval, fresh=fresh)
+        self._store, self._codec = store, Codec(cluster, node_id, key, epoch=now_ms(), clock=now_ms)
+        self._sync = Sync(node_id, sync_interval, epoch=self._codec.epoch, fresh=fresh)
         self._topics = Topics(cluster, node_id)
         self._loop = asyncio.get_running_loop()
         goodbye = (self._topics.route("presence"), self._codec.presence(up=False))
@@ -78,16 +77,15 @@ class Replicator:
             events=self,
         )
         self._outbox: list[Fragment] = []
-        self._flush_at: float | None = None
+        self._flush_at: float | None = None  # when the next batch goes out (loop time)
         self._last_flush = 0.0
         self._writes: set[int] = set()  # mids of write batches paho holds unacknowledged
         self._kept = Kept()
-        self._work: deque[Action] = deque()
+        self._work: deque[Action] = deque()  # the core's actions, done in order by _work_forever
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._started = time.monotonic()
-        self._metrics = metrics
-        self._drops = DropLog(metrics)
+        self._metrics, self._drops = metrics, DropLog(metrics)
         self._watchers: list[Callable[[str, Sequence[Fragment]], None]] = []
 
     @property
@@ -155,11 +153,14 @@ class Replicator:
             await self._wake.wait()
             self._wake.clear()
             while self._work:
-                await self._do(self._work.popleft())
+                try:
+                    await self._do(self._work.popleft())
+                except Exception:  # one failed action must not stop all replication
+                    log.exception("a replication step failed (ignored)")
 
     async def _do(self, action: Action) -> None:
         if isinstance(action, Publish):
-            payload = self._codec.encode(action.body)
+            payload = self._codec.encode(action.body, recipient(action.route))
             self._session.publish(self._topics.route(action.route), payload, retain=action.retain)
         elif isinstance(action, Apply):
             await join_in_slices(self._store, action.fragments)
@@ -174,12 +175,9 @@ class Replicator:
                 self._metrics.buckets_repaired(len(action.send_back))
             await self._send_state(action)
         elif isinstance(action, Serve):
-            log.info(
-                "caught up: %d keys, %.2f s after start",
-                self._store.key_count(),
-                time.monotonic() - self._started,
-            )
-            self._metrics.caught_up(time.monotonic() - self._started)
+            took = time.monotonic() - self._started
+            log.info("caught up: %d keys, %.2f s after start", self._store.key_count(), took)
+            self._metrics.caught_up(took)
             self.caught_up.set()
         elif action.drop:
             self._drops.drop(action.drop, action.text)
@@ -189,11 +187,14 @@ class Replicator:
     async def _send_state(self, action: SendState) -> None:
         """A transfer, read a page at a time (fresh queries: writes go on in between)."""
         topic = self._topics.route(action.peer)
-        fragments = self._kept.since(action.since) or state_pages(self._store, action.buckets)
-        for payload in self._codec.transfer(fragments, action.send_back, action.answers):
-            self._session.publish(topic, payload)
-            await asyncio.sleep(0)
-        self._run(self._sync.sent(action.peer, time.monotonic(), self._store.digest()))
+        kept = self._kept.since(action.since)
+        fragments = kept if kept is not None else state_pages(self._store, action.buckets)
+        try:
+            for payload in self._codec.transfer(fragments, action.send_back, action.answers, to=action.peer):
+                self._session.publish(topic, payload)
+                await asyncio.sleep(0)
+        finally:  # the core lets one transfer to a peer be in flight: say it ended, however
+            self._run(self._sync.sent(action.peer, time.monotonic(), self._store.digest()))
 
     async def _tick_forever(self) -> None:
         interval = self._sync.interval
@@ -239,8 +240,7 @@ class Replicator:
             if topic == self._topics.route("presence"):
                 self._run(self._sync.presence_overwritten(now))
             return
-        if decoded.origin == self.node_id:
-            # A retained one is from before a reconnection, or a previous run.
+        if decoded.origin == self.node_id:  # only our presence's echo counts (not a retained one)
             if not message.retain and decoded.body == Presence(up=True):
                 self._run(self._sync.own_presence(now, self._store.digest()))
             return

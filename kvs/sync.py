@@ -14,9 +14,8 @@ over many schedules (tests/sim.py). The rules, at length in docs/replication.md:
 - A joiner serves once every present peer has answered its request
   completely, and the broker has been up SETTLE seconds (after a restart, the
   peers need that long to publish their presences again).
-- A skipped batch number, or a digest naming a batch never seen, makes the
-  receiver ask that peer at once for its batches since (it keeps recent ones),
-  or else the buckets that differ (guarantee 6).
+- A skipped batch number, or a digest naming a batch never seen, makes the receiver
+  ask that peer at once for its batches since (kvs/sending.py) (guarantee 6).
 - A bucket that differs the same way in two periodic digests in a row is
   repaired, both ways, by the peer with the smaller id.
 - One transfer to a peer in flight at a time; a request meanwhile waits.
@@ -50,6 +49,7 @@ class Sync:
 
     node_id: str
     interval: float = 5.0
+    epoch: int = 0  # this run's (kvs.codec): request numbers start there, so no earlier run's answer fits
     fresh: bool = False  # this server started the broker and nobody else uses it: nobody to wait for
     settle: float = SETTLE
     peers: Peers = field(default_factory=Peers)
@@ -61,21 +61,23 @@ class Sync:
     _presence_at: float = 0.0
     _awaiting: set[str] | None = None  # while joining: peers whose answer we wait for
     _broker_since: float | None = None  # when the broker started, as far as we know
-    _requests: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    _requests: Iterator[int] = field(init=False)
     _published: Digests | None = None
     _quiet: int = 0
+
+    def __post_init__(self) -> None:
+        self._requests = itertools.count(self.epoch + 1)
+        self.peers.epoch = self.epoch
 
     def next_batch_seq(self) -> int:
         self.batch_seq += 1
         return self.batch_seq
 
-    # The broker connection -------------------------------------------------------
-
     def connected_to_broker(self, now: float) -> list[Action]:
         self.connected, self._echoed = True, False
         for peer in self.peers.values():
             peer.heard = max(peer.heard, now)  # nobody could reach us meanwhile: silence starts now
-        self._broker_since = now if self._broker_since is None else self._broker_since  # until it says
+        self._broker_since = now  # until the broker says how old it is (a restarted one lost everything)
         return []
 
     def disconnected(self, now: float) -> list[Action]:
@@ -101,16 +103,14 @@ class Sync:
             return []
         self._echoed = True
         present = self.peers.present()
-        if self.serving:  # after a reconnection: ask each peer for its batches we have not seen
-            return [a for name in present for a in self._ask(name, now, ours, self.peers[name].next_batch)]
-        self._awaiting = set(present) if self._awaiting is None else self._awaiting
+        if self.serving:  # after a reconnection: ask each peer again for every batch we may lack
+            return [a for name in present for a in self._ask(name, now, ours, self.peers[name].reask())]
+        self._awaiting = (self._awaiting or set()) | set(present)  # a reconnection while joining adds
         request = next(self._requests)  # joining: everybody's whole state
         for name in present:
-            self.peers[name].asked, self.peers[name].asked_at = request, now
+            self.peers[name].asking(request, now, since=0)
         note = Note(f"joining: waiting for the state of {present}" if present else "joining")
         return [note, Publish("digest", Digest(ours, request, self.batch_seq)), *self._check_serving(now)]
-
-    # Messages ------------------------------------------------------------------------
 
     def message(self, message: Message, now: float, ours: Digests) -> list[Action]:
         """A message from another server, already authenticated by the codec."""
@@ -235,7 +235,7 @@ class Sync:
             if peer.asked:
                 peer.again = since if peer.again is None else min(peer.again, since)
             return []
-        peer.asked, peer.asked_at, peer.asked_since = next(self._requests), now, since
+        peer.asking(next(self._requests), now, since)
         return [Publish(origin, Digest(ours, peer.asked, self.batch_seq, since))]
 
     def _check_serving(self, now: float) -> list[Action]:

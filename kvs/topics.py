@@ -61,6 +61,8 @@ class Topics:
                 raise CodecError(f"presence of {message.origin!r} on another server's topic", "misrouted")
         if not isinstance(message.body, expected):
             raise CodecError(f"a {type(message.body).__name__} on {topic}", "misrouted")
+        if message.to != (self.node_id if topic == self.route(self.node_id) else ""):
+            raise CodecError(f"signed for {message.to or 'everyone'!r}, found on {topic}", "misrouted")
         if message.origin == self.node_id and not isinstance(message.body, Presence):
             raise CodecError("claims to come from this server", "misrouted")
         return message
@@ -70,3 +72,8 @@ def uptime(payload: bytes) -> int | None:
     """The seconds in Mosquitto's `$SYS/broker/uptime` payload ("42 seconds"), if that is what it is."""
     seconds = payload.split(b" ")[0]
     return int(seconds) if seconds.isdigit() else None
+
+
+def recipient(route: str) -> str:
+    """Who a message on `route` is signed for: a peer's id for its inbox, else everyone ("")."""
+    return "" if route in ("batch", "digest", "presence") else route

@@ -86,7 +86,7 @@ class Replica:
         self.counter = itertools.count(1)
         self.transfers = itertools.count(1)
         self.kept: list[tuple[int, Fragment]] = []  # recent batches, to send again
-        self.sync = self.sync_class(self.name, self.interval)
+        self.sync = self.sync_class(self.name, self.interval, epoch=self.epoch)
         self.alive, self.started_at = True, self.cluster.now
         # Peers that are up, or reconnecting after a broker restart (not cut off: their will said they left).
         self.snapshots = {

@@ -82,7 +82,8 @@ def test_status_shows_the_seconds_since_a_repair_on_both_sides_of_it(processes: 
     ghost = Codec(processes.cluster, "ghost", cluster_key(processes), epoch=1)
     inbox = f"{processes.cluster}/to/{s1.name}"
     publish_all(
-        processes.broker, [(inbox, p) for p in ghost.transfer([Fragment("missed", 0, ((1234, "x"),))])]
+        processes.broker,
+        [(inbox, p) for p in ghost.transfer([Fragment("missed", 0, ((1234, "x"),))], to=s1.name)],
     )
     wait_for("s1 to hold it", lambda: s1.stub.Get(pb.KeyRequest(key="missed")).ver == 1234)
     converged([s1, s2])

@@ -125,7 +125,9 @@ def test_a_message_lost_on_the_way_is_repaired_by_anti_entropy(processes: Proces
     # State that reaches s1 only, as if s2 had missed the message that carried it.
     ghost = Codec(processes.cluster, "ghost", cluster_key(processes), epoch=1)
     only_s1 = [Fragment("missed", 0, ((1234, "by s2"),)), Fragment("tomb", 99)]
-    publish_all(processes.broker, [(f"{processes.cluster}/to/s1", p) for p in ghost.transfer(only_s1)])
+    publish_all(
+        processes.broker, [(f"{processes.cluster}/to/s1", p) for p in ghost.transfer(only_s1, to="s1")]
+    )
     wait_for("s1 to hold it", lambda: s1.stub.Get(pb.KeyRequest(key="missed")).ver == 1234)
     dump = converged(servers, timeout=30)
     assert s2.stub.Get(pb.KeyRequest(key="missed")) == pb.KeyValueVersionReply(
@@ -220,7 +222,8 @@ def test_admin_compare_tells_identical_replicas_from_different_ones(processes: P
     )
     ghost = Codec(processes.cluster, "ghost", cluster_key(processes), epoch=1)
     publish_all(
-        processes.broker, [(f"{processes.cluster}/to/s1", p) for p in ghost.transfer([Fragment("only", 5)])]
+        processes.broker,
+        [(f"{processes.cluster}/to/s1", p) for p in ghost.transfer([Fragment("only", 5)], to="s1")],
     )
     wait_for("s1 to hold the tombstone", lambda: len(s1.dump()) == 2)
     done = run_admin("compare", *addresses)

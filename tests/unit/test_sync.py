@@ -234,3 +234,57 @@ def test_the_applied_fragments_come_out_as_they_came_in() -> None:
     fragments = (Fragment("a", 0, ((1, "x"),)), Fragment("b", 5))
     assert sync.message(s2.says(Batch(fragments, seq=1)), 1.0, ZERO)[0] == Apply("s2", fragments, batch=True)
     assert Serve() not in sync.poll(2.0)  # serving once is enough
+
+
+# Found in review: each of these served early or left a lost batch unasked before its fix.
+
+
+def test_a_reconnection_while_joining_waits_for_the_peers_seen_since() -> None:
+    sync, a = Sync("j"), Peer("a")
+    sync.connected_to_broker(0.0)
+    sync.broker_uptime(0, 0.0)  # the broker just restarted
+    sync.subscribed(0.0)
+    sync.own_presence(0.0, ZERO)  # nobody there yet
+    sync.disconnected(1.0)
+    sync.connected_to_broker(1.5)
+    sync.subscribed(1.5)
+    sync.message(a.says(Presence()), 1.6, ZERO)  # a is back, seen before our echo
+    request = request_to(sync.own_presence(1.7, ZERO), "digest")
+    assert sync.poll(1.5 + SETTLE + 1) == []  # settled, but a has not answered
+    assert kinds(answer(sync, a, request, 6.0)) == ["Apply", "Serve"]
+
+
+def test_a_joining_retry_asks_for_the_whole_state_not_for_batches_since() -> None:
+    sync, a = Sync("j"), Peer("a")
+    sync.connected_to_broker(0.0)
+    sync.broker_uptime(1000, 0.0)
+    sync.subscribed(0.0)
+    sync.message(a.says(Presence()), 0.0, ZERO)
+    sync.message(a.says(Batch((), seq=7)), 0.0, ZERO)
+    sync.message(a.says(Batch((), seq=9)), 0.0, ZERO)  # 8 lost: asked since 8
+    sync.own_presence(0.1, ZERO)  # the joining request: everything
+    [(_, retry)] = [(r, d) for r, d in sent_requests(sync.tick(11.0, ZERO)) if r == "a"]
+    assert retry.since == 0
+
+
+def test_a_restarted_peer_that_loses_its_first_batch_is_asked_for_it() -> None:
+    sync, a = Sync("j", epoch=100), Peer("a", epoch=50)
+    joined(sync, a)
+    answer(sync, a, sync.peers["a"].asked, 0.5)
+    later = Peer("a", epoch=200)  # a's next run, after ours began
+    sync.message(later.says(Presence()), 7.0, ZERO)
+    [(_, asked)] = sent_requests(sync.message(later.says(Batch((), seq=2)), 8.0, ZERO))
+    assert asked.since == 1
+
+
+def test_after_a_reconnection_an_outstanding_request_is_asked_again_at_once() -> None:
+    sync, a = Sync("j"), Peer("a")
+    joined(sync, a)
+    answer(sync, a, sync.peers["a"].asked, 0.5)
+    sync.message(a.says(Batch((), seq=1)), 20.0, ZERO)
+    sync.message(a.says(Batch((), seq=3)), 20.0, ZERO)  # 2 lost: asked, then the broker goes
+    sync.disconnected(20.1)
+    sync.connected_to_broker(21.0)
+    sync.subscribed(21.0)
+    [(route, asked)] = sent_requests(sync.own_presence(21.1, ZERO))
+    assert (route, asked.since) == ("a", 2)

@@ -107,8 +107,8 @@ def test_lost_batches_are_repaired_within_10_s_of_the_broker_return_while_writes
 class ServesWithoutSettling(Sync):
     """Trusts the retained presences at once, even from a broker that just restarted."""
 
-    def __init__(self, node_id: str, interval: float = 1.0) -> None:
-        super().__init__(node_id, interval, settle=0.0)
+    def __init__(self, node_id: str, interval: float = 1.0, epoch: int = 0) -> None:
+        super().__init__(node_id, interval, epoch=epoch, settle=0.0)
 
 
 class IgnoresSkippedBatches(Sync):
