@@ -217,8 +217,8 @@ class Sync:
                 actions += self._ask(name, now, ours, since=peer.asked_since)
         differ = any(p.differs(ours) for p in self.peers.values())
         self._quiet += 1
-        # An idle, converged cluster says almost nothing: one digest per heartbeat.
-        if ours != self._published or differ or self._quiet >= HEARTBEAT_ROUNDS:
+        # Idle and converged: one digest a heartbeat. A joiner's state is partial: it says nothing.
+        if self.serving and (ours != self._published or differ or self._quiet >= HEARTBEAT_ROUNDS):
             self._published, self._quiet = ours, 0
             actions.append(Publish("digest", Digest(ours, 0, self.batch_seq)))
         return actions
