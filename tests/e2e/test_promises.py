@@ -59,7 +59,8 @@ def test_writes_lost_in_a_40_s_broker_outage_are_repaired_within_10_s_while_writ
         writer.wait_for(500)  # writes never stopped
         # A server that joins now has everything written before it started.
         written = len(writer.acknowledged)
-        joiner = processes.server("s4")
+        joiner = processes.server("s4", wait=False)
+        joiner.wait_serving(timeout=90)  # three full states to join, while the writes go on
         snapshot = dict(list(writer.acknowledged.items())[:written])
     assert repaired_after < 10
     assert missing([joiner], snapshot) == {"s4": 0}
