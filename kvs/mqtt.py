@@ -46,6 +46,7 @@ class LoopDriver:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._stopping = False
+        self._paused = False  # the owner has too much to do: the broker's messages wait in the socket
         self._misc: asyncio.Task[None] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         self._write_scheduled = False
@@ -107,9 +108,24 @@ class LoopDriver:
             with contextlib.suppress(RuntimeError):  # the loop has closed: shutting down
                 self._loop.call_soon_threadsafe(action, *args)
 
+    def pause_reading(self) -> None:
+        """Stops reading from the broker (TCP then holds the sender back) until `resume_reading`."""
+        sock = self._client.socket()
+        if not self._paused and sock is not None:
+            self._paused = True
+            self._loop.remove_reader(sock.fileno())
+
+    def resume_reading(self) -> None:
+        sock = self._client.socket()
+        if self._paused:
+            self._paused = False
+            if sock is not None:
+                self._loop.add_reader(sock.fileno(), self._read)
+
     def _socket_open(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
         # paho leaves Nagle's algorithm on, which delays small publishes by up to 40 ms.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._paused = False
         self._on_loop(self._loop.add_reader, sock.fileno(), self._read)
 
     def _socket_close(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
@@ -134,7 +150,7 @@ class LoopDriver:
         for _ in range(READ_BURST):
             self._client.loop_read()
             sock = self._client.socket()
-            if sock is None or not _has_data(sock):
+            if self._paused or sock is None or not _has_data(sock):
                 return
 
     def _write_soon(self) -> None:

@@ -36,12 +36,11 @@ log = logging.getLogger("kvs.replication")
 
 FLUSH_EVERY: Final = 0.002
 """Seconds between batches under load: at most 500 MQTT messages a second for writes."""
-WRITE_WINDOW: Final = 1_000
-"""Write batches paho may hold unacknowledged; beyond, a batch is dropped, its number skipped, and
-the peers ask for it again (kvs/sending.py). Control messages are never held back (guarantee 6)."""
-AWAY_WINDOW: Final = 100
-"""The same while the broker is away: a blip costs no repair, and after an outage control messages
-do not wait behind a flood of stale batches."""
+WRITE_WINDOW, AWAY_WINDOW = 1_000, 100
+"""Write batches paho may hold unacknowledged (connected, or while the broker is away); past it a
+batch is dropped, its number skipped, and the peers ask for it again (kvs/sending.py)."""
+BACKLOG: Final = 2_000
+"""Fragments received and not yet joined, at most: past it, reading from the broker waits."""
 
 
 class Replicator:
@@ -79,9 +78,9 @@ class Replicator:
         self._outbox: list[Fragment] = []
         self._flush_at: float | None = None  # when the next batch goes out (loop time)
         self._last_flush = 0.0
-        self._writes: set[int] = set()  # mids of write batches paho holds unacknowledged
         self._kept = Kept()
         self._work: deque[Action] = deque()  # the core's actions, done in order by _work_forever
+        self._backlog = 0  # fragments in self._work
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._started = time.monotonic()
@@ -89,8 +88,7 @@ class Replicator:
         self._watchers: list[Callable[[str, Sequence[Fragment]], None]] = []
 
     @property
-    def peers(self) -> frozenset[str]:
-        """The peers known to be up."""
+    def peers(self) -> frozenset[str]:  # those known to be up
         return frozenset(self._sync.peers.present())
 
     @property
@@ -122,8 +120,7 @@ class Replicator:
         self._flush_at = max(self._loop.time(), self._last_flush + FLUSH_EVERY)
         self._loop.call_at(self._flush_at, self._flush)
 
-    async def stop(self) -> None:
-        """Sends what is queued, says goodbye (a retained Presence down), disconnects."""
+    async def stop(self) -> None:  # sends what is queued, says goodbye (a Presence down), disconnects
         for task in self._tasks:
             task.cancel()
         self._flush()
@@ -137,15 +134,17 @@ class Replicator:
         for chunk in chunks(fragments):
             seq = self._sync.next_batch_seq()
             self._kept.add(seq, chunk)
-            if len(self._writes) >= window:
+            if self._session.writes_in_flight >= window:
                 self._drops.drop("queue_full", "the write window is full: the peers will ask for them")
                 continue  # its number is skipped: the peers notice and ask (kvs.sync)
             payload = self._codec.batch(chunk, seq)
-            self._writes.add(self._session.publish(self._topics.route("batch"), payload).mid)
+            self._session.publish(self._topics.route("batch"), payload, write=True)
             self._metrics.batch_sent(len(payload))
 
     def _run(self, actions: Sequence[Action]) -> None:
         self._work.extend(actions)
+        self._backlog += sum(len(a.fragments) for a in actions if isinstance(a, Apply))
+        self._session.hold(self._backlog > BACKLOG)  # bounded memory for what arrives
         self._wake.set()
 
     async def _work_forever(self) -> None:
@@ -153,10 +152,14 @@ class Replicator:
             await self._wake.wait()
             self._wake.clear()
             while self._work:
+                action = self._work.popleft()
                 try:
-                    await self._do(self._work.popleft())
+                    await self._do(action)
                 except Exception:  # one failed action must not stop all replication
                     log.exception("a replication step failed (ignored)")
+                if isinstance(action, Apply):
+                    self._backlog -= len(action.fragments)
+                    self._session.hold(self._backlog > BACKLOG)
 
     async def _do(self, action: Action) -> None:
         if isinstance(action, Publish):
@@ -223,9 +226,6 @@ class Replicator:
     def on_subscribed(self) -> None:
         # The retained presences follow the SUBACK: all arrive before our own comes back.
         self._run(self._sync.subscribed(time.monotonic()))
-
-    def on_published(self, mid: int) -> None:
-        self._writes.discard(mid)
 
     def on_message(self, message: mqtt.MQTTMessage) -> None:
         topic, now = message.topic, time.monotonic()

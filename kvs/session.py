@@ -45,7 +45,6 @@ class Events(Protocol):
     def on_lost(self) -> None: ...
     def on_subscribed(self) -> None: ...
     def on_message(self, message: mqtt.MQTTMessage) -> None: ...
-    def on_published(self, mid: int) -> None: ...
 
 
 def _guarded(callback: Callable[P, None]) -> Callable[P, None]:
@@ -86,8 +85,9 @@ class Session:
         client.on_disconnect = _guarded(self._on_disconnect)
         client.on_subscribe = _guarded(self._on_subscribe)
         client.on_message = _guarded(lambda c, u, message: events.on_message(message))
-        client.on_publish = _guarded(lambda c, u, mid, reason, properties: events.on_published(mid))
+        client.on_publish = _guarded(lambda c, u, mid, reason, properties: self._writes.discard(mid))
         self._client = client
+        self._writes: set[int] = set()  # the mids of writes the broker has not acknowledged yet
         self._driver = LoopDriver(client)
         self._connack: asyncio.Future[ReasonCode | None] = asyncio.get_running_loop().create_future()
 
@@ -112,13 +112,27 @@ class Session:
                 raise BrokerRefused(f"{self.broker}: {reason}")
             raise BrokerUnreachable(f"{self.broker}: no answer to CONNECT")
 
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> mqtt.MQTTMessageInfo:
-        """QoS 1; paho keeps it while disconnected and sends it once connected again."""
-        return self._client.publish(topic, payload, qos=1, retain=retain)
+    def hold(self, held: bool) -> None:
+        """Stops reading what the broker sends (held) or reads again: the owner's backlog is full."""
+        if held:
+            self._driver.pause_reading()
+        else:
+            self._driver.resume_reading()
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False, write: bool = False) -> None:
+        """QoS 1; paho keeps it while disconnected and sends it once connected again. `write`:
+        count it in `writes_in_flight` until the broker acknowledges it."""
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        if write:
+            self._writes.add(info.mid)
+
+    @property
+    def writes_in_flight(self) -> int:
+        return len(self._writes)
 
     async def stop(self, goodbye: tuple[str, bytes]) -> None:
         """Publishes `goodbye` (retained), waits up to 2 s for the broker to take everything, disconnects."""
-        info = self.publish(*goodbye, retain=True)
+        info = self._client.publish(*goodbye, qos=1, retain=True)
         for _ in range(200):
             if not self._client.is_connected() or info.is_published():
                 break
