@@ -184,15 +184,7 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
     ) -> AsyncIterator[pb.PutReply]:
         # Requests that arrived together share a commit (kvs.durable; one by one in memory).
         async for requests in self._store.ahead(request_iterator, pb.KeyValueRequest.ByteSize):
-            done: list[Written] = []
-            refused = None
-            for request in requests:
-                try:
-                    done.append(await self._store.put(_key(request), request.val, wait=False))
-                except KvsError as error:
-                    refused = error  # raised after the replies of the requests applied before it
-                    break
-            await self._store.durable()
+            done, refused = await self._group(requests, lambda r: self._store.put(_key(r), r.val, wait=False))
             for written in done:
                 yield _put_reply(written)
             if refused:
@@ -215,19 +207,27 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
         self, request_iterator: AsyncIterator[pb.KeyRequest], context: Context
     ) -> AsyncIterator[pb.KeyValueVersionReply]:
         async for requests in self._store.ahead(request_iterator, pb.KeyRequest.ByteSize):
-            done: list[Entry] = []
-            refused = None
-            for request in requests:
-                try:
-                    done.append(await self._store.delete(_key(request), wait=False))
-                except KvsError as error:
-                    refused = error  # as in PutAll
-                    break
-            await self._store.durable()
+            done, refused = await self._group(requests, lambda r: self._store.delete(_key(r), wait=False))
             for removed in done:
                 yield _reply(removed)
             if refused:
                 raise refused
+
+    async def _group(
+        self, requests: list[Request], write: Callable[[Request], Awaitable[Reply]]
+    ) -> tuple[list[Reply], KvsError | None]:
+        """Applies a group of a stream's requests in order, up to the first refused one, and waits
+        until they are durable: their replies may then go out, and the refusal after them."""
+        done: list[Reply] = []
+        refused = None
+        for request in requests:
+            try:
+                done.append(await write(request))
+            except KvsError as error:
+                refused = error
+                break
+        await self._store.durable()
+        return done, refused
 
     @_unary
     async def Trim(self, request: pb.KeyRequest, context: Context) -> pb.KeyValueVersionReply:
