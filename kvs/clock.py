@@ -2,7 +2,7 @@
 
 import time
 
-from kvs.store import Version
+from kvs.storage.store import Version
 
 
 def now_ms() -> Version:

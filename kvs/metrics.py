@@ -8,7 +8,7 @@ Threads: the counters and histograms are updated on the event loop (the gRPC
 interceptor below, and the replication adapter through `ReplicationMetrics`);
 prometheus_client guards them with its own locks. The HTTP server runs in a
 thread of its own, so the store's gauges, which must be read on the loop that
-owns the store (kvs/server.py), are computed there: the scrape hands the read
+owns the store (kvs/server/main.py), are computed there: the scrape hands the read
 to the loop and waits for it.
 
 Every server has its own `CollectorRegistry`, never the process-wide default,
@@ -30,9 +30,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from kvs.store import Stats
+from kvs.storage.store import Stats
 
-log = logging.getLogger("kvs.metrics")
+log = logging.getLogger(__name__)
 
 RPC_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5, 10.0)
 """Seconds: a kvs call takes a fraction of a millisecond, so the default buckets (from 5 ms) say nothing."""

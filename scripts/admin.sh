@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Inspects kvs servers' replicas: status, dump, compare (see kvs/admin.py).
+# Inspects kvs servers' replicas: status, dump, compare (see kvs/admin/cli.py).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 [[ -f $here/kvs/_gen/.generated && -x $here/.venv/bin/python ]] || "$here/compile.sh" >&2

@@ -49,9 +49,9 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from kvs._gen import kvs_pb2 as pb  # noqa: E402
 from kvs._gen import kvs_pb2_grpc as pb_grpc  # noqa: E402
-from kvs.channel import open_channel  # noqa: E402
-from kvs.datadir import open_data_dir  # noqa: E402
-from kvs.store import Store  # noqa: E402
+from kvs.net.channel import open_channel  # noqa: E402
+from kvs.storage.datadir import open_data_dir  # noqa: E402
+from kvs.storage.store import Store  # noqa: E402
 from tests.e2e.harness import KvsServer, Mosquitto, Process, free_port, listening, wait_for  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

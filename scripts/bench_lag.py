@@ -25,7 +25,7 @@ from kvs._gen import kvs_pb2 as pb
 from kvs._gen import kvs_pb2_grpc as pb_grpc
 from kvs._gen import replication_pb2 as rpb
 from kvs._gen import replication_pb2_grpc as rpb_grpc
-from kvs.channel import open_channel
+from kvs.net.channel import open_channel
 
 
 def write(stub: pb_grpc.KeyValueStoreStub, rate: float, count: int, prefix: str) -> list[float]:

@@ -21,7 +21,7 @@ import time
 
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import kvs_pb2_grpc as pb_grpc
-from kvs.channel import open_aio_channel
+from kvs.net.channel import open_aio_channel
 
 VALUE = "v" * 100
 WARMUP = 0.5

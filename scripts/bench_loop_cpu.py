@@ -16,7 +16,7 @@ import time
 from asyncio import base_events
 from typing import Any
 
-import kvs.server
+import kvs.server.main
 
 THRESHOLD = 0.020
 log = logging.getLogger("kvs.loop_cpu")
@@ -33,4 +33,4 @@ def _timed_run_once(self: Any) -> None:
 
 if __name__ == "__main__":
     base_events.BaseEventLoop._run_once = _timed_run_once  # type: ignore[attr-defined]
-    sys.exit(kvs.server.main([*sys.argv[1:], "--event-loop", "asyncio"]))
+    sys.exit(kvs.server.main.main([*sys.argv[1:], "--event-loop", "asyncio"]))

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import kvs_pb2_grpc as pb_grpc
-from kvs.channel import open_channel
+from kvs.net.channel import open_channel
 
 VALUE = "v" * 100
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]

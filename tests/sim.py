@@ -26,11 +26,11 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kvs.actions import Action, Apply, Note, Publish, SendState, Serve
-from kvs.codec import Batch, Body, Message, Presence, Transfer
-from kvs.mqtt import BACKOFF
-from kvs.store import Fragment, Store
-from kvs.sync import Sync
+from kvs.mqtt.loop import BACKOFF
+from kvs.replication.actions import Action, Apply, Note, Publish, SendState, Serve
+from kvs.replication.codec import Batch, Body, Message, Presence, Transfer
+from kvs.replication.sync import Sync
+from kvs.storage.store import Fragment, Store
 
 KEPT = 150
 """Batches a replica keeps to send again (few, so that asking for older ones falls back to buckets)."""

@@ -19,8 +19,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvs._gen import kvs_pb2_grpc, replication_pb2, replication_pb2_grpc
-from kvs.channel import open_channel
-from kvs.tls import ClientTls
+from kvs.net.channel import open_channel
+from kvs.net.tls import ClientTls
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from kvs._gen import kvs_pb2 as pb
-from kvs.codec import Codec
-from kvs.store import Fragment
+from kvs.replication.codec import Codec
+from kvs.storage.store import Fragment
 from tests.e2e.conftest import Processes
 from tests.e2e.harness import KvsServer, cluster_key, converged, free_port, run_admin, wait_for
 from tests.e2e.test_faults import publish_all

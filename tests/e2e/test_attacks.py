@@ -14,8 +14,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from kvs._gen import kvs_pb2 as pb
-from kvs.codec import Codec, Digest
-from kvs.store import BUCKETS, Fragment
+from kvs.replication.codec import Codec, Digest
+from kvs.storage.store import BUCKETS, Fragment
 from tests.e2e.conftest import Processes
 from tests.e2e.harness import KvsServer, Mosquitto, cluster_key, converged, wait_for
 from tests.e2e.test_faults import publish_all

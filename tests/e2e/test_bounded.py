@@ -14,7 +14,7 @@ import pytest
 
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import kvs_pb2_grpc as pb_grpc
-from kvs.channel import open_channel
+from kvs.net.channel import open_channel
 from tests.e2e.conftest import Processes
 
 KEYS = 200_000

@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from kvs._gen import kvs_pb2 as pb
-from kvs.broker import USER, BrokerAuth, configure
+from kvs.mqtt.broker import USER, BrokerAuth, configure
 from tests.e2e.conftest import Processes
 from tests.e2e.harness import BrokerTls, KvsServer, Mosquitto, config_home, converged, free_port, wait_for
 

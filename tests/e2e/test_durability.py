@@ -18,8 +18,8 @@ import pytest
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import replication_pb2 as rpb
 from kvs._gen.kvs_pb2_grpc import KeyValueStoreStub
-from kvs.datadir import STORE_FILE
-from kvs.store import Fragment, Store
+from kvs.storage.datadir import STORE_FILE
+from kvs.storage.store import Fragment, Store
 from tests.e2e.conftest import Processes
 from tests.e2e.harness import ROOT, KvsServer, converged, free_port, wait_for
 

@@ -12,8 +12,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import replication_pb2 as rpb
-from kvs.codec import Codec, Digest
-from kvs.store import BUCKETS, Fragment
+from kvs.replication.codec import Codec, Digest
+from kvs.storage.store import BUCKETS, Fragment
 from tests.e2e.conftest import Processes
 from tests.e2e.harness import (
     KvsServer,

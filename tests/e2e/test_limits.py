@@ -8,7 +8,7 @@ import json
 import grpc
 import pytest
 
-from kvs.api import Client, KvsClientError, Status
+from kvs.client.api import Client, KvsClientError, Status
 from kvs.limits import MAX_REQUEST_BYTES
 from tests.e2e.conftest import Processes
 from tests.e2e.harness import KvsServer

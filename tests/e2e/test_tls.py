@@ -14,8 +14,8 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from kvs.channel import open_channel
-from kvs.tls import ClientTls
+from kvs.net.channel import open_channel
+from kvs.net.tls import ClientTls
 from tests.e2e.conftest import Processes
 from tests.e2e.harness import KvsServer, run_admin, run_client, wait_for
 

@@ -12,11 +12,11 @@ import grpc
 import pytest
 
 from kvs._gen import kvs_pb2_grpc
-from kvs.channel import open_channel
-from kvs.durable import GroupCommit
-from kvs.replicated import ReplicatedStore
-from kvs.server import Server
-from kvs.store import Fragment, Store
+from kvs.net.channel import open_channel
+from kvs.server.main import Server
+from kvs.service.replicated import ReplicatedStore
+from kvs.storage.durable import GroupCommit
+from kvs.storage.store import Fragment, Store
 from tests.clock import Clock
 
 

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from kvs import Client, KvsClientError
-from kvs.api import KeyValue, Status, Written
+from kvs.client.api import KeyValue, Status, Written
 from tests.e2e.harness import ROOT, free_port
 from tests.integration.conftest import Running, start_server
 
@@ -154,8 +154,8 @@ def test_the_receive_limit_is_a_parameter(kvs: Running, client: Client) -> None:
 
 def test_importing_the_store_does_not_load_grpc_and_kvs_client_loads_lazily() -> None:
     program = (
-        "import sys, kvs.store, kvs.codec\n"
-        "assert 'grpc' not in sys.modules, 'kvs.store imported grpc'\n"
+        "import sys, kvs.storage.store, kvs.replication.codec\n"
+        "assert 'grpc' not in sys.modules, 'the store or the codec imported grpc'\n"
         "import kvs\n"
         "assert 'grpc' not in sys.modules, 'import kvs imported grpc'\n"
         "print(kvs.Client.__name__, kvs.KvsClientError.__name__, kvs.ClientTls.__name__)\n"

@@ -12,13 +12,13 @@ import pytest
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import replication_pb2 as rpb
 from kvs._gen import replication_pb2_grpc as rpb_grpc
-from kvs.admin import WATCH_BACKLOG_KEYS, Admin
-from kvs.channel import open_channel
-from kvs.codec import fields
-from kvs.replicated import DELETE_PAGE, PAGE_KEYS, ReplicatedStore
-from kvs.replication import Replicator
-from kvs.server import Server
-from kvs.store import Fragment, Store
+from kvs.admin.service import WATCH_BACKLOG_KEYS, Admin
+from kvs.net.channel import open_channel
+from kvs.replication.adapter import Replicator
+from kvs.replication.codec import fields
+from kvs.server.main import Server
+from kvs.service.replicated import DELETE_PAGE, PAGE_KEYS, ReplicatedStore
+from kvs.storage.store import Fragment, Store
 from tests.clock import Clock
 from tests.integration.conftest import Running
 from tests.integration.test_rpcs import check, dump, key, kv, reply, span, status_of

@@ -16,8 +16,8 @@ import pytest
 
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import kvs_pb2_grpc
-from kvs.channel import channel_options, open_channel
 from kvs.limits import MAX_REPLY_BYTES, MAX_REQUEST_BYTES
+from kvs.net.channel import channel_options, open_channel
 from tests.integration.conftest import Running
 from tests.sizes import request_of_size
 

@@ -12,11 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import kvs_pb2_grpc
-from kvs.channel import open_channel
 from kvs.metrics import Metrics
-from kvs.replicated import ReplicatedStore
-from kvs.server import Server
-from kvs.store import Store
+from kvs.net.channel import open_channel
+from kvs.server.main import Server
+from kvs.service.replicated import ReplicatedStore
+from kvs.storage.store import Store
 from tests.clock import Clock
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

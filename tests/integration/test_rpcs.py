@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from kvs._gen import kvs_pb2 as pb
-from kvs.store import MAX_VERSION, Fragment
+from kvs.storage.store import MAX_VERSION, Fragment
 from tests.integration.conftest import Running
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from kvs.api import KvsClientError
-from kvs.tls import ClientTls
+from kvs.client.api import KvsClientError
+from kvs.net.tls import ClientTls
 
 TARGET = "127.0.0.1:40000"
 LAST = "failed to connect to all addresses; last error: "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kvs.broker import EmbeddedBroker
+from kvs.mqtt.broker import EmbeddedBroker
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o775, 0o757])

@@ -1,4 +1,4 @@
-"""One function opens every client channel (kvs/channel.py), and TLS files are checked before use."""
+"""One function opens every client channel (kvs/net/channel.py), and TLS files are checked before use."""
 
 from __future__ import annotations
 
@@ -9,23 +9,23 @@ from pathlib import Path
 import pytest
 import trustme
 
-from kvs.channel import channel_options
 from kvs.limits import MAX_REPLY_BYTES, MAX_REQUEST_BYTES
-from kvs.tls import ClientTls, ServerTls, TlsError
+from kvs.net.channel import channel_options
+from kvs.net.tls import ClientTls, ServerTls, TlsError
 
 ROOT = Path(__file__).resolve().parents[2]
 OPENS_A_CHANNEL = re.compile(r"\b(insecure_channel|secure_channel)\(")
 
 
 def test_only_kvs_channel_opens_grpc_channels() -> None:
-    sources = [*ROOT.glob("kvs/*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("tests/**/*.py")]
+    sources = [*ROOT.glob("kvs/**/*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("tests/**/*.py")]
     assert len(sources) > 20
     openers = sorted(
         str(path.relative_to(ROOT))
         for path in sources
         if path.name != "test_channel.py" and OPENS_A_CHANNEL.search(path.read_text())
     )
-    assert openers == ["kvs/channel.py"]
+    assert openers == ["kvs/net/channel.py"]
 
 
 def test_channels_have_the_limits_and_options_win_over_them() -> None:

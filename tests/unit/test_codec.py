@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kvs._gen import replication_pb2 as pb
-from kvs.codec import CHUNK, FORMAT, MAX_PAYLOAD, TAG, Batch, Codec, Digest, Presence, Transfer
 from kvs.errors import CodecError
-from kvs.store import BUCKETS, MAX_VERSION, Fragment, Store
+from kvs.replication.codec import CHUNK, FORMAT, MAX_PAYLOAD, TAG, Batch, Codec, Digest, Presence, Transfer
+from kvs.storage.store import BUCKETS, MAX_VERSION, Fragment, Store
 
 KEY = b"k" * 32
 codec = Codec("kvs", "s1", KEY, epoch=77, clock=lambda: 1234)

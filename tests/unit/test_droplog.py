@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from kvs.droplog import LOG_EVERY, DropLog
+from kvs.replication.droplog import LOG_EVERY, DropLog
 
 
 def test_a_flood_is_one_line_at_once_then_one_summary_with_the_count(

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvs.datadir import STORE_FILE, open_data_dir
-from kvs.durable import AHEAD_BYTES, AHEAD_ITEMS, GroupCommit
 from kvs.errors import DataDirError, NotDurable
-from kvs.store import Fragment, Store
+from kvs.storage.datadir import STORE_FILE, open_data_dir
+from kvs.storage.durable import AHEAD_BYTES, AHEAD_ITEMS, GroupCommit
+from kvs.storage.store import Fragment, Store
 from tests.clock import Clock
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from kvs import keys
-from kvs.broker import USER, private_auth, private_password_path
 from kvs.errors import KeyFileError
 from kvs.keys import KEY_BYTES, load_cluster_key, read_password
+from kvs.mqtt.broker import USER, private_auth, private_password_path
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kvs.metrics import DROP_REASONS, NO_METRICS, Metrics, ReplicationMetrics
-from kvs.store import Fragment, Stats, Store
+from kvs.storage.store import Fragment, Stats, Store
 from tests.clock import Clock
 
 

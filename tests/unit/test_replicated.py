@@ -9,8 +9,8 @@ from typing import TypeVar
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvs.replicated import DELETE_PAGE, ReplicatedStore, join_in_slices
-from kvs.store import Entry, Fragment, Store, Written
+from kvs.service.replicated import DELETE_PAGE, ReplicatedStore, join_in_slices
+from kvs.storage.store import Entry, Fragment, Store, Written
 from tests.clock import Clock
 from tests.unit.test_store_properties import fragments, state_of
 

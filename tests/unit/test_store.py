@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kvs.errors import VersionExhausted
-from kvs.store import MAX_VERSION, Entry, Fragment, Store, Written, bucket_of
+from kvs.storage.store import MAX_VERSION, Entry, Fragment, Store, Written, bucket_of
 from tests.clock import Clock
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvs.store import Entry, Fragment, Store
+from kvs.storage.store import Entry, Fragment, Store
 from tests.unit.test_store_properties import VERSIONS, fragments, state_of
 
 LIMITS = st.integers(min_value=1, max_value=4)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from kvs.store import Entry, Fragment, Store
+from kvs.storage.store import Entry, Fragment, Store
 
 KEYS = st.sampled_from(["a", "b", "ab", "é", "z z"])
 VERSIONS = st.integers(min_value=1, max_value=40)

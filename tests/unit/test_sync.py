@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from kvs.actions import Action, Apply, Note, Publish, SendState, Serve
-from kvs.codec import Batch, Body, Digest, Message, Presence, Transfer
-from kvs.store import BUCKETS, Fragment
-from kvs.sync import SETTLE, Sync
+from kvs.replication.actions import Action, Apply, Note, Publish, SendState, Serve
+from kvs.replication.codec import Batch, Body, Digest, Message, Presence, Transfer
+from kvs.replication.sync import SETTLE, Sync
+from kvs.storage.store import BUCKETS, Fragment
 
 ZERO = (0,) * BUCKETS
 ONE = (1,) + (0,) * (BUCKETS - 1)

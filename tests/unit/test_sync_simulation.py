@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from kvs.actions import Action
-from kvs.sync import Sync
+from kvs.replication.actions import Action
+from kvs.replication.sync import Sync
 from tests.sim import Cluster, Faults
 
 SEEDS = range(40)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kvs.codec import Codec, Digest
 from kvs.errors import CodecError
-from kvs.store import BUCKETS
-from kvs.topics import Topics
+from kvs.replication.codec import Codec, Digest
+from kvs.replication.topics import Topics
+from kvs.storage.store import BUCKETS
 
 KEY = b"k" * 32
 a = Codec("kvs", "a", KEY, epoch=1)

@@ -10,7 +10,7 @@ from typing import Final, cast
 
 from kvs.metrics import NO_METRICS, DropReason, ReplicationMetrics
 
-log = logging.getLogger("kvs.replication")
+log = logging.getLogger(__name__)
 
 LOG_EVERY: Final = 10.0
 """Seconds between two log lines about dropped messages of one reason."""

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from kvs.limits import MAX_REPLY_BYTES, MAX_REQUEST_BYTES
-from kvs.tls import ClientTls
+from kvs.net.tls import ClientTls
 
 Options = Sequence[tuple[str, Any]]
 

@@ -43,9 +43,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Final, Generic, TypeVar
 
 from kvs.errors import NotDurable
-from kvs.store import Store
+from kvs.storage.store import Store
 
-log = logging.getLogger("kvs.durable")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

@@ -24,11 +24,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from kvs.broker import Address, BrokerAuth, configure
 from kvs.errors import BrokerRefused, BrokerUnreachable
-from kvs.mqtt import LoopDriver
+from kvs.mqtt.broker import Address, BrokerAuth, configure
+from kvs.mqtt.loop import LoopDriver
 
-log = logging.getLogger("kvs.replication")
+log = logging.getLogger(__name__)
 
 KEEPALIVE: Final = 10
 """Seconds; the broker declares a silent server gone (publishes its will) after 1.5 times this."""

@@ -1,7 +1,7 @@
 """The gRPC servicer: validate -> store -> reply (docs/contract.md, "The calls").
 
 Runs on the server's asyncio event loop, the one thread that owns the store
-(kvs/server.py). It writes through `ReplicatedStore` (kvs.replicated), which
+(kvs/server/main.py). It writes through `ReplicatedStore` (kvs.replicated), which
 publishes every accepted mutation and does large ones in bounded steps; no
 handler publishes anything itself. Errors are translated once, through `STATUS`.
 """
@@ -20,8 +20,8 @@ from google.protobuf.message import DecodeError, Message
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import kvs_pb2_grpc as pb_grpc
 from kvs.errors import InvalidArgument, KvsError, NotDurable, VersionExhausted
-from kvs.replicated import ReplicatedStore
-from kvs.store import MAX_VERSION, Entry, Version, Written
+from kvs.service.replicated import ReplicatedStore
+from kvs.storage.store import MAX_VERSION, Entry, Version, Written
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["KeyValueStore"]
 SERVICE_NAME = _SERVICE.full_name

@@ -3,8 +3,8 @@ lost-batch detection, digest comparison, and which state to send to whom.
 
 Like h11's `Connection`, `Sync` is fed what happened (a decoded message, the
 broker connection coming or going, the clock ticking) with the current time
-and this server's digest, and returns `Action`s (kvs/actions.py) for the
-adapter (kvs/replication.py) to carry out. It reads no clock, socket or random
+and this server's digest, and returns `Action`s (kvs/replication/actions.py) for the
+adapter (kvs/replication/adapter.py) to carry out. It reads no clock, socket or random
 number: each rule has a unit test (tests/unit/test_sync.py), and a simulated
 broker that drops, duplicates, reorders and restarts checks the guarantees
 over many schedules (tests/sim.py). The rules, at length in docs/replication.md:
@@ -15,7 +15,7 @@ over many schedules (tests/sim.py). The rules, at length in docs/replication.md:
   completely, and the broker has been up SETTLE seconds (after a restart, the
   peers need that long to publish their presences again).
 - A skipped batch number, or a digest naming a batch never seen, makes the receiver
-  ask that peer at once for its batches since (kvs/sending.py) (guarantee 6).
+  ask that peer at once for its batches since (kvs/replication/sending.py) (guarantee 6).
 - A bucket that differs the same way in two periodic digests in a row is
   repaired, both ways, by the peer with the smaller id.
 - One transfer to a peer in flight at a time; a request meanwhile waits.
@@ -28,9 +28,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-from kvs.actions import Action, Apply, Note, Publish, SendState, Serve
-from kvs.codec import Batch, Digest, Message, Presence, Transfer
-from kvs.peers import Digests, Peers, differing
+from kvs.replication.actions import Action, Apply, Note, Publish, SendState, Serve
+from kvs.replication.codec import Batch, Digest, Message, Presence, Transfer
+from kvs.replication.peers import Digests, Peers, differing
 
 SETTLE: Final = 3.0
 """Seconds a broker must have been up before its retained presences are trusted to be complete;

@@ -44,7 +44,7 @@ import paho.mqtt.client as mqtt
 
 from kvs.keys import config_dir, ensure_secret, read_password
 
-log = logging.getLogger("kvs.broker")
+log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 1883
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})

@@ -6,7 +6,7 @@ before it parses anything, so a payload from anyone without the key costs one
 HMAC and is dropped; it raises `CodecError` on anything that is not a
 well-formed message of this cluster, so the MQTT side can log and drop it.
 Replays (a tagged message seen before) are the sync core's to drop: it keeps
-the (epoch, counter) high-water mark per peer (kvs/sync.py).
+the (epoch, counter) high-water mark per peer (kvs/replication/sync.py).
 
 Every payload it produces stays under `MAX_PAYLOAD`: long lists of fragments
 are split into several messages, and a key with a very long history into
@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError
 
 from kvs._gen import replication_pb2 as pb
 from kvs.errors import CodecError
-from kvs.store import BUCKETS, MAX_VERSION, Fragment
+from kvs.storage.store import BUCKETS, MAX_VERSION, Fragment
 
 FORMAT: Final = 2
 """The payload format this code reads and writes: the first byte of every payload."""

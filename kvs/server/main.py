@@ -29,23 +29,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kvs._gen import replication_pb2_grpc
-from kvs.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
-from kvs.admin import Admin
-from kvs.broker import Address, BrokerAuth, EmbeddedBroker, private_auth, private_password_path
+from kvs.admin.service import SERVICE_NAME as ADMIN_SERVICE_NAME
+from kvs.admin.service import Admin
 from kvs.clock import now_ms
-from kvs.datadir import DataDir, open_data_dir
-from kvs.durable import GroupCommit
 from kvs.errors import BrokerRefused, BrokerUnreachable, ConfigError, DataDirError
 from kvs.keys import load_cluster_key, read_password
 from kvs.limits import MAX_REQUEST_BYTES
 from kvs.metrics import NO_METRICS, Metrics
-from kvs.replicated import ReplicatedStore
-from kvs.replication import Replicator
-from kvs.service import SERVICE_NAME, KeyValueStore, add_to_server
-from kvs.store import Store
-from kvs.tls import ServerTls, TlsError
+from kvs.mqtt.broker import Address, BrokerAuth, EmbeddedBroker, private_auth, private_password_path
+from kvs.net.tls import ServerTls, TlsError
+from kvs.replication.adapter import Replicator
+from kvs.service.kvstore import SERVICE_NAME, KeyValueStore, add_to_server
+from kvs.service.replicated import ReplicatedStore
+from kvs.storage.datadir import DataDir, open_data_dir
+from kvs.storage.durable import GroupCommit
+from kvs.storage.store import Store
 
-log = logging.getLogger("kvs.server")
+log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 40000
 DEFAULT_BROKER = "localhost:1883"

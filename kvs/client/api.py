@@ -30,8 +30,8 @@ import grpc
 
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import kvs_pb2_grpc as pb_grpc
-from kvs.channel import Options, open_channel
-from kvs.tls import ClientTls
+from kvs.net.channel import Options, open_channel
+from kvs.net.tls import ClientTls
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds a call may take, unless the client or the call says otherwise."""
@@ -164,7 +164,7 @@ class Client:
     `target` is HOST:PORT. `timeout` is the deadline of each call in seconds
     (None: none); each method takes `timeout=` to override it. `tls` makes
     the channel speak TLS (`ClientTls.from_files(ca, cert, key)`); `options`
-    are extra gRPC channel options, over the limits of `kvs.channel`.
+    are extra gRPC channel options, over the limits of `kvs.net.channel`.
     """
 
     def __init__(

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from kvs.codec import Batch, Digest, Message, Presence, Transfer
 from kvs.errors import CodecError
+from kvs.replication.codec import Batch, Digest, Message, Presence, Transfer
 
 UPTIME: Final = "$SYS/broker/uptime"
 """Mosquitto's age in seconds ("42 seconds"): a joiner trusts retained presences once it is old enough."""

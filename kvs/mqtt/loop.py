@@ -27,7 +27,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 
-log = logging.getLogger("kvs.mqtt")
+log = logging.getLogger(__name__)
 
 MISC_EVERY = 1.0
 """Seconds between paho's housekeeping calls (keepalive pings, timeouts)."""

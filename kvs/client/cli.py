@@ -1,4 +1,4 @@
-"""The kvs command-line client (docs/contract.md, "The command line"), on top of kvs.Client (kvs/api.py).
+"""The kvs command-line client (docs/contract.md, "The command line"), on top of kvs.Client (kvs/client/api.py).
 
 Its flags and its help are the seed client's, in Portuguese, word for word:
 scripts and course material written for the original client keep working.
@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from kvs.api import Client, KeyValue, KvsClientError, Status, Written
-from kvs.tls import ClientTls, TlsError
+from kvs.client.api import Client, KeyValue, KvsClientError, Status, Written
+from kvs.net.tls import ClientTls, TlsError
 
 DEFAULT_PORT = 40000
 INT64 = range(-(2**63), 2**63)

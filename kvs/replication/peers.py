@@ -16,8 +16,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
-from kvs.codec import Digest, Message, Transfer
-from kvs.store import BUCKETS
+from kvs.replication.codec import Digest, Message, Transfer
+from kvs.storage.store import BUCKETS
 
 WINDOW: Final = 1024
 """Counters below a peer's highest by less than this are checked one by one for replays."""

@@ -34,7 +34,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Final, Protocol, TypeVar
 
-from kvs.store import Entry, Fragment, Store, Version, Written
+from kvs.storage.store import Entry, Fragment, Store, Version, Written
 
 Publish = Callable[[Sequence[Fragment]], None]
 """Takes the fragments of an accepted mutation for replication."""

@@ -1,12 +1,12 @@
-"""What the sync core (kvs/sync.py) asks its adapter to do: frozen values, no behaviour."""
+"""What the sync core (kvs/replication/sync.py) asks its adapter to do: frozen values, no behaviour."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-from kvs.codec import Digest, Presence
-from kvs.store import Fragment
+from kvs.replication.codec import Digest, Presence
+from kvs.storage.store import Fragment
 
 Route = Literal["digest", "presence"] | str
 """Where a message goes: the digest topic, this server's presence topic, or a peer's inbox (its id)."""

@@ -1,9 +1,9 @@
 """The MQTT side of a server: the adapter between the broker, the store and the sync core.
 
-Every decision is kvs/sync.py's; this module publishes the writes the store
+Every decision is kvs/replication/sync.py's; this module publishes the writes the store
 accepted, feeds what arrives to the core, and runs the core's actions in order,
 in slices that leave room for gRPC calls. Threads: one; the event loop owns the
-store, this object and the MQTT session (kvs/session.py).
+store, this object and the MQTT session (kvs/mqtt/session.py).
 """
 
 from __future__ import annotations
@@ -18,27 +18,27 @@ from typing import Final
 
 import paho.mqtt.client as mqtt
 
-from kvs.actions import Action, Apply, Publish, SendState, Serve
-from kvs.broker import Address, BrokerAuth
 from kvs.clock import now_ms
-from kvs.codec import Batch, Codec, Presence, chunks
-from kvs.droplog import DropLog
 from kvs.errors import CodecError
 from kvs.metrics import NO_METRICS, ReplicationMetrics
-from kvs.replicated import join_in_slices
-from kvs.sending import Kept, state_pages
-from kvs.session import Session
-from kvs.store import Fragment, Store
-from kvs.sync import Sync
-from kvs.topics import UPTIME, Topics, recipient, uptime
+from kvs.mqtt.broker import Address, BrokerAuth
+from kvs.mqtt.session import Session
+from kvs.replication.actions import Action, Apply, Publish, SendState, Serve
+from kvs.replication.codec import Batch, Codec, Presence, chunks
+from kvs.replication.droplog import DropLog
+from kvs.replication.sending import Kept, state_pages
+from kvs.replication.sync import Sync
+from kvs.replication.topics import UPTIME, Topics, recipient, uptime
+from kvs.service.replicated import join_in_slices
+from kvs.storage.store import Fragment, Store
 
-log = logging.getLogger("kvs.replication")
+log = logging.getLogger(__name__)
 
 FLUSH_EVERY: Final = 0.002
 """Seconds between batches under load: at most 500 MQTT messages a second for writes."""
 WRITE_WINDOW, AWAY_WINDOW = 1_000, 100
 """Write batches paho may hold unacknowledged (connected, or while the broker is away); past it a
-batch is dropped, its number skipped, and the peers ask for it again (kvs/sending.py)."""
+batch is dropped, its number skipped, and the peers ask for it again (kvs/replication/sending.py)."""
 BACKLOG: Final = 2_000
 """Fragments received and not yet joined, at most: past it, reading from the broker waits."""
 

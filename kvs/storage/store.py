@@ -1,7 +1,7 @@
 """The multi-version store: each key's versions and deletion floor, and the join.
 
 Pure: no gRPC, no MQTT, no clock of its own (the caller passes one in), no
-threads. It is not thread-safe; `kvs.server` says which thread owns it.
+threads. It is not thread-safe; `kvs.server.main` says which thread owns it.
 
 A worked history of one key, "color", on one server (the clock in ms):
 

@@ -12,8 +12,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Final
 
-from kvs.codec import weight_of
-from kvs.store import Fragment, Store, bucket_of
+from kvs.replication.codec import weight_of
+from kvs.storage.store import Fragment, Store, bucket_of
 
 KEPT: Final = 16 * 1024 * 1024
 """Characters of its recent batches a server keeps, to send again to a peer that lost some."""

@@ -1,0 +1,5 @@
+import sys
+
+from kvs.admin.cli import main
+
+sys.exit(main())

@@ -1,0 +1,4 @@
+"""gRPC channels (`channel`: TLS and message limits in one place) and certificates (`tls`).
+
+Imports only `kvs.limits`.
+"""

@@ -1,0 +1,5 @@
+import sys
+
+from kvs.server.main import main
+
+sys.exit(main())
