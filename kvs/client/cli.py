@@ -1,4 +1,4 @@
-"""The kvs command-line client (docs/contract.md, "The command line"), on top of kvs.Client (kvs/client/api.py).
+"""The kvs command-line client (docs/contract.md, "The command line"), on top of kvs.Client (api.py).
 
 Its flags and its help are the seed client's, in Portuguese, word for word:
 scripts and course material written for the original client keep working.
