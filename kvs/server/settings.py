@@ -1,0 +1,171 @@
+"""The server's command line: its flags, checked, become one `Settings`.
+
+Nothing here starts anything: `parse_args` reads the flags (and KVS_BROKER,
+KVS_BROKER_PASSWORD), checks them, reads the files they name (cluster key, broker
+password, TLS certificates) and returns the settings that kvs.server.main wires up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvs.errors import ConfigError
+from kvs.keys import load_cluster_key, read_password
+from kvs.mqtt.broker import Address, BrokerAuth, private_auth
+from kvs.net.tls import ServerTls, TlsError
+
+DEFAULT_PORT = 40000
+DEFAULT_BROKER = "localhost:1883"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the command line sets."""
+
+    port: int
+    listen: str
+    node_id: str
+    cluster: str
+    broker: Address
+    broker_is_default: bool  # no --broker, --broker-user, --broker-tls-ca: a private mosquitto may be started
+    sync_interval: float
+    event_loop: str  # "uvloop" or "asyncio"
+    cluster_key: bytes  # 32 bytes (kvs.keys)
+    broker_auth: BrokerAuth  # credentials and TLS; the private broker's own when it is used
+    tls: ServerTls | None = None  # --tls-cert, --tls-key, --tls-client-ca
+    metrics_port: int | None = None  # --metrics-port: serve Prometheus metrics there (kvs.metrics)
+    data_dir: Path | None = None  # None: the store is in memory
+    fsync: bool = False
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(prog="server.py", description="Runs one kvs server.")
+    parser.add_argument(
+        "--porta", "--port", dest="port", type=int, default=DEFAULT_PORT, help="gRPC port (40000)"
+    )
+    parser.add_argument("--broker", help=f"MQTT broker HOST:PORT (env KVS_BROKER, else {DEFAULT_BROKER})")
+    parser.add_argument(
+        "--cluster", default="kvs", help="topic prefix shared by the servers of one store (kvs)"
+    )
+    parser.add_argument(
+        "--id", dest="node_id", help="this server's id, unique in the cluster (<hostname>:<porta>)"
+    )
+    parser.add_argument("--listen", default="[::]", help="address to listen on ([::]: every interface)")
+    parser.add_argument(
+        "--sync-interval", type=float, default=5.0, help="seconds between anti-entropy rounds (5)"
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="uvloop (faster, docs/performance.md) or asyncio's own",
+    )
+    parser.add_argument(
+        "--cluster-key-file",
+        type=Path,
+        metavar="PATH",
+        help="the cluster key: 32 bytes, mode 0600 (~/.config/kvs/<cluster>.key, created if missing)",
+    )
+    parser.add_argument("--broker-user", metavar="NAME", help="MQTT user name")
+    parser.add_argument(
+        "--broker-password-file",
+        type=Path,
+        metavar="PATH",
+        help="file holding the MQTT password, mode 0600 (else env KVS_BROKER_PASSWORD)",
+    )
+    parser.add_argument(
+        "--broker-tls-ca",
+        type=Path,
+        metavar="PATH",
+        help="connect with TLS, verifying the broker with this CA",
+    )
+    parser.add_argument("--tls-cert", metavar="PATH", help="serve TLS only, with this PEM certificate chain")
+    parser.add_argument("--tls-key", metavar="PATH", help="the PEM private key of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca", metavar="PATH", help="require client certificates signed by this CA (mutual TLS)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep the store on disk in DIR (created if missing), not in memory",
+    )
+    parser.add_argument(
+        "--fsync",
+        action="store_true",
+        help="with --data-dir: fsync each group commit (survives a power loss)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://LISTEN:PORT/metrics (off)",
+    )
+    args = parser.parse_args(argv)
+    if args.fsync and args.data_dir is None:
+        parser.error("--fsync needs --data-dir")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--porta must be between 0 and 65535, not {args.port}")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        parser.error(f"--metrics-port must be between 0 and 65535, not {args.metrics_port}")
+    node_id = args.node_id or f"{socket.gethostname()}:{args.port}"
+    for name, value in (("--cluster", args.cluster), ("--id", node_id)):
+        if not value or any(c in value for c in "/+#\0"):
+            parser.error(f"{name} must be non-empty without '/', '+', '#' or NUL (got {value!r})")
+    if args.sync_interval <= 0:
+        parser.error("--sync-interval must be positive")
+    text = args.broker or os.environ.get("KVS_BROKER") or DEFAULT_BROKER
+    try:
+        broker = Address.parse(text)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.broker_password_file and not args.broker_user:
+        parser.error("--broker-password-file needs --broker-user")
+    broker_is_default = args.broker is None and args.broker_user is None and args.broker_tls_ca is None
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_client_ca:
+        if not (args.tls_cert and args.tls_key):
+            parser.error("--tls-cert and --tls-key go together (and --tls-client-ca needs them)")
+        try:
+            tls = ServerTls.from_files(args.tls_cert, args.tls_key, args.tls_client_ca)
+        except TlsError as error:
+            parser.exit(1, f"server.py: error: {error}\n")
+    return Settings(
+        port=args.port,
+        listen=args.listen,
+        node_id=node_id,
+        cluster=args.cluster,
+        broker=broker,
+        broker_is_default=broker_is_default,
+        sync_interval=args.sync_interval,
+        event_loop=args.event_loop,
+        cluster_key=load_cluster_key(args.cluster_key_file, args.cluster),
+        broker_auth=_broker_auth(args, broker, broker_is_default),
+        tls=tls,
+        metrics_port=args.metrics_port,
+        data_dir=args.data_dir,
+        fsync=args.fsync,
+    )
+
+
+def _broker_auth(args: argparse.Namespace, broker: Address, broker_is_default: bool) -> BrokerAuth:
+    """The flags' credentials and TLS; with none, the private broker's own when it may be used."""
+    if args.broker_tls_ca is not None:
+        try:  # what paho's tls_set does later, where an error would be a traceback
+            ssl.create_default_context(cafile=args.broker_tls_ca)
+        except OSError as error:  # ssl.SSLError included
+            raise ConfigError(f"--broker-tls-ca {args.broker_tls_ca}: {error.strerror or error}") from None
+    if broker_is_default and broker.local:
+        return private_auth(broker.port)
+    if args.broker_user is None:
+        return BrokerAuth(tls_ca=args.broker_tls_ca)
+    password = os.environ.get("KVS_BROKER_PASSWORD")
+    if args.broker_password_file is not None:
+        password = read_password(args.broker_password_file, "broker password file")
+    return BrokerAuth(args.broker_user, password, args.broker_tls_ca)
