@@ -7,10 +7,16 @@ and writes paho's socket (`add_reader`/`add_writer`), so paho's callbacks run
 on the loop thread, the one that owns the store, and nothing crosses threads.
 
 paho's own retry loop lives in that thread, so reconnecting is this module's
-job: after a disconnection it calls paho's `reconnect()` with a backoff of 0.25,
-0.5, 1, 1, ... seconds. `connect()` and `reconnect()` block while the TCP
-connection opens, so they run on a worker thread; paho calls the socket
-callbacks from there, and they hop to the loop.
+job. One task keeps the connection: once told it was lost (`connection_lost`),
+it dials again with a backoff of 0.25, 0.5, 1, 1, ... seconds (and a little
+jitter) until the broker has answered a CONNECT (`connection_made`), however
+the link fails: refused, reset at once, reset before the broker answers, or
+silent (paho's keepalive, or CONNECT_TIMEOUT, gives up on it). Both signals
+are levels, not edges, so a loss that arrives while a dial is still under way
+is never missed (it was, once: the server stopped reconnecting for good).
+Dialing (`connect()`, `reconnect()`) blocks while the TCP connection opens, so
+it runs on a worker thread; paho calls the socket callbacks from there, and
+they hop to the loop.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,21 +42,33 @@ MISC_EVERY = 1.0
 READ_BURST = 256
 """Packets read at most in one turn of the loop, so that gRPC calls still get theirs."""
 BACKOFF = (0.25, 0.5, 1.0)
-"""Seconds before each reconnection attempt; the last one repeats. A server that joins waits
-for a restarted broker to be up longer than the last (kvs.sync.SETTLE), so keep it short."""
+"""Seconds before each reconnection attempt; the last one repeats (the cap). A server that joins
+waits for a restarted broker to be up longer than the last (kvs.sync.SETTLE), so keep it short."""
+JITTER = 0.2
+"""Each wait is up to this fraction shorter, so that servers that lost one broker do not dial in step."""
+CONNECT_TIMEOUT = 15.0
+"""Seconds a dial may wait for the broker's answer (CONNACK) before the next one."""
+SAY_EVERY = 30.0
+"""Seconds between the log lines of a reconnection that keeps failing (the first ones are all said)."""
+
+Dial = Callable[[int], object]
+"""Opens a new connection (on a worker thread), for attempt n = 1, 2, ...; raises OSError."""
 
 
 class LoopDriver:
     """Drives one paho client from the running event loop."""
 
-    def __init__(self, client: mqtt.Client) -> None:
+    def __init__(self, client: mqtt.Client, dial: Dial | None = None) -> None:
         self._client = client
+        self._dial: Dial = dial or (lambda attempt: client.reconnect())
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._stopping = False
         self._paused = False  # the owner has too much to do: the broker's messages wait in the socket
         self._misc: asyncio.Task[None] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()  # set by connection_lost, cleared by the dial after it
+        self._made = asyncio.Event()  # set by connection_made: the broker accepted the last dial
         self._write_scheduled = False
         self._waiting_to_write = False  # the socket's buffer was full: the loop watches it
         client.on_socket_open = self._socket_open
@@ -60,15 +80,19 @@ class LoopDriver:
         """The first connection; raises OSError when the broker cannot be reached."""
         await asyncio.to_thread(self._client.connect, host, port, keepalive, properties=properties)
         self._misc = asyncio.create_task(self._housekeeping())
+        self._reconnecting = asyncio.create_task(self._keep_connected())
 
     @property
     def stopping(self) -> bool:
         return self._stopping
 
     def connection_lost(self) -> None:
-        """Call from on_disconnect: retries until connected again (unless stopping)."""
-        if not self._stopping and (self._reconnecting is None or self._reconnecting.done()):
-            self._reconnecting = asyncio.create_task(self._reconnect())
+        """Call from on_disconnect: dials again until the broker answers (unless stopping)."""
+        self._lost.set()
+
+    def connection_made(self) -> None:
+        """Call from on_connect when the broker accepted the connection."""
+        self._made.set()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -82,17 +106,59 @@ class LoopDriver:
                 break
             await asyncio.sleep(0.01)
 
-    async def _reconnect(self) -> None:
-        attempt = 0
+    async def _keep_connected(self) -> None:
         while not self._stopping:
-            await asyncio.sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])
+            await self._lost.wait()
+            await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        """Dials until a dial is answered and not lost since."""
+        attempt, since, said = 0, time.monotonic(), 0.0
+        while not self._stopping:
+            wait = BACKOFF[min(attempt, len(BACKOFF) - 1)]
+            await asyncio.sleep(wait * (1 - JITTER * random.random()))
             attempt += 1
+            self._lost.clear()
+            self._made.clear()
+            self._unwatch()  # the dial closes the old socket: the loop must not read it meanwhile
+            failure: str | None
             try:
-                await asyncio.to_thread(self._client.reconnect)
+                await asyncio.to_thread(self._dial, attempt)
             except OSError as error:
-                log.info("broker still unreachable (%s); retrying", error.strerror or error)
+                failure = error.strerror or str(error) or type(error).__name__
             else:
-                return
+                failure = await self._answer()
+                if failure is None:
+                    if attempt > 1:
+                        log.info("reconnected after %d attempts in %.1f s", attempt, time.monotonic() - since)
+                    return
+            now = time.monotonic()
+            if attempt <= 3 or now - said >= SAY_EVERY:
+                said = now
+                took = now - since
+                log.warning(
+                    "broker still unreachable after %d attempt(s) in %.1f s (%s)", attempt, took, failure
+                )
+
+    async def _answer(self) -> str | None:
+        """None once the broker accepted the dial, else why not."""
+        made = asyncio.ensure_future(self._made.wait())
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            await asyncio.wait([made, lost], timeout=CONNECT_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            made.cancel()
+            lost.cancel()
+        if self._lost.is_set():
+            return "the connection was lost before the broker answered, or right after"
+        if not self._made.is_set():
+            return f"no answer to CONNECT in {CONNECT_TIMEOUT:g} s"
+        return None
+
+    def _unwatch(self) -> None:
+        sock = self._client.socket()
+        if sock is not None:
+            self._forget(sock.fileno())
 
     async def _housekeeping(self) -> None:
         while True:

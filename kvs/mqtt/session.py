@@ -157,6 +157,7 @@ class Session:
                 log.error("the broker at %s refused the connection: %s", self.broker, reason)
             return
         log.info("broker connected (%s%s)", self.broker, ", session resumed" if flags.session_present else "")
+        self._driver.connection_made()
         self._events.on_connected()
         client.subscribe(self._subscriptions)
 
