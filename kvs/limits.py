@@ -21,7 +21,9 @@ varint; proto3 leaves out empty strings and zeros):
 - Then the versions: at most two (PutReply's old_ver and ver). Versions are
   milliseconds no later than 253402300799999 (the last one of year 9999,
   docs/contract.md, "Security"), which is below 2^48, so a varint of at most 7 bytes
-  (7 bits each: 49 bits): 1 tag + 7 = 8 bytes per version, 16 for two.
+  (7 bits each: 49 bits): 1 tag + 7 = 8 bytes per version, 16 for two. A read may be
+  made at any int64, but a reply echoes the version asked only when it is below a
+  stored version, so it is within that bound too.
 
 Largest reply = largest request + 16, so MAX_REQUEST_BYTES = 4 MiB - 16 =
 4,194,288 bytes. tests/integration/test_limits.py checks both edges (the

@@ -21,7 +21,7 @@ from kvs._gen import kvs_pb2 as pb
 from kvs._gen import kvs_pb2_grpc as pb_grpc
 from kvs.errors import InvalidArgument, KvsError, NotDurable, VersionExhausted
 from kvs.service.replicated import ReplicatedStore
-from kvs.storage.store import MAX_VERSION, Entry, Version, Written
+from kvs.storage.store import Entry, Version, Written
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["KeyValueStore"]
 SERVICE_NAME = _SERVICE.full_name
@@ -245,9 +245,12 @@ def _key(request: pb.KeyRequest | pb.KeyValueRequest) -> str:
 
 
 def _version(request: pb.KeyRequest) -> Version | None:
-    """The version to read at, or None when blank (absent or <= 0); none is above year 9999."""
-    if request.ver > MAX_VERSION:
-        raise InvalidArgument(f"version {request.ver} is after the year 9999 (the largest is {MAX_VERSION})")
+    """The version to read at, or None when blank (absent or <= 0).
+
+    Any int64 is a bound a read may be made at: one above every stored version
+    reads the newest, up to 9223372036854775807. Only stored versions are bounded
+    (by year 9999, kvs.storage.store.MAX_VERSION), and the server's clock makes those, not a request.
+    """
     return request.ver if request.HasField("ver") and request.ver > 0 else None
 
 

@@ -62,7 +62,8 @@ Clock: TypeAlias = Callable[[], Version]
 INT64_MAX: Final = 2**63 - 1
 MAX_VERSION: Final = 253_402_300_799_999
 """The largest version a key can hold: the last millisecond of year 9999 (docs/contract.md, "Security").
-Anything above it in a request or a message is refused, so no key can be blocked for ever."""
+A replication message carrying a version or floor above it is refused, so no key can be blocked for
+ever; a read may be made at any version (above every stored one, it reads the newest)."""
 BUCKETS: Final = 256
 """Digest granularity: a difference between replicas is repaired bucket by bucket."""
 

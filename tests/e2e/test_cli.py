@@ -68,6 +68,48 @@ def test_readable_lines_for_not_found_and_nothing_at_that_version(server: KvsSer
     )
 
 
+INT64_MIN, INT64_MAX, YEAR_9999 = -(2**63), 2**63 - 1, 253402300799999
+
+
+def test_reads_at_every_int64_version_from_the_command_line(server: KvsServer) -> None:
+    """A read version is only a bound (docs/contract.md, "Keys, values, versions")."""
+    [first] = server.client_json("put", "--chave", "k", "--valor", "one")
+    [second] = server.client_json("put", "--chave", "k", "--valor", "two")
+    newest = {"key": "k", "val": "two", "ver": second["ver"]}
+    for at in (INT64_MIN, -1, 0, YEAR_9999, YEAR_9999 + 1, INT64_MAX):
+        assert server.client_json("get", "--chave", "k", "--versao", str(at)) == [newest], at
+    assert server.client_json("get", "--chave", "k", "--versao", "1") == [{"key": "k", "val": "", "ver": 1}]
+    assert server.client_json("get", "--chave", "k", "--versao", str(first["ver"])) == [
+        {"key": "k", "val": "one", "ver": first["ver"]}
+    ]
+    assert server.client("get", "--chave", "k", "--versao", str(INT64_MAX)).stdout.startswith(
+        f'"k" = "two" at version {second["ver"]} ('
+    )
+    assert server.client_json("get", "--chave", "nope", "--versao", str(INT64_MAX)) == [
+        {"key": "nope", "val": "", "ver": 0}
+    ]
+    assert server.client("get", "--chave", "nope", "--versao", str(INT64_MAX)).stdout == '"nope" not found\n'
+    for versions in (["1", str(INT64_MAX)], [str(INT64_MAX), "1"], [str(INT64_MIN), str(YEAR_9999 + 1)]):
+        assert server.client_json("getrange", "--chave", "a", "z", "--versao", *versions) == [newest], (
+            versions
+        )
+    assert server.client_json("getrange", "--chave", "a", "z", "--versao", str(INT64_MIN), "1") == [
+        {"key": "k", "val": "", "ver": 1}
+    ]
+    # GetAll: every key at the largest version of the stream, here the last one.
+    assert server.client_json(
+        "getall", "--chave", "k", "nope", "k", "--versao", "1", "0", str(INT64_MAX)
+    ) == [
+        newest,
+        {"key": "nope", "val": "", "ver": 0},
+        newest,
+    ]
+    assert server.client_json("getall", "--chave", "k", "nope", "--versao", "1", "-1") == [
+        {"key": "k", "val": "", "ver": 1},
+        {"key": "nope", "val": "", "ver": 0},
+    ]
+
+
 def test_separators_and_unicode_survive_the_command_line(server: KvsServer) -> None:
     key, value = 'a,b;c"d (e) f', "line one\nline two — ação 键 🙂"
     server.client("put", "--chave", key, "--valor", value)

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from kvs._gen import kvs_pb2 as pb
-from kvs.storage.store import MAX_VERSION, Fragment
+from kvs.storage.store import Fragment
 from tests.integration.conftest import Running
 
 
@@ -82,16 +82,6 @@ def test_get_at_a_version_returns_the_greatest_at_or_below(kvs: Running) -> None
 def test_get_with_a_blank_version_returns_the_newest(kvs: Running, blank: int) -> None:
     put(kvs, "k", "v")
     assert kvs.stub.Get(key("k", blank)) == reply("k", "v", 1000)
-
-
-def test_a_version_after_the_year_9999_is_invalid_in_every_read(kvs: Running) -> None:
-    put(kvs, "k", "v")
-    assert kvs.stub.Get(key("k", MAX_VERSION)) == reply("k", "v", 1000)
-    too_late = key("k", MAX_VERSION + 1)
-    check(status_of(lambda: kvs.stub.Get(too_late)), grpc.StatusCode.INVALID_ARGUMENT, "year 9999")
-    span = pb.KeyRange(fr=key("a"), to=too_late)
-    check(status_of(lambda: kvs.stub.GetRange(span)), grpc.StatusCode.INVALID_ARGUMENT, "year 9999")
-    check(status_of(lambda: kvs.stub.GetAll(iter([too_late]))), grpc.StatusCode.INVALID_ARGUMENT, "year 9999")
 
 
 def test_get_of_a_missing_key_is_version_zero(kvs: Running) -> None:
