@@ -7,6 +7,8 @@ from collections.abc import Generator
 import pytest
 from hypothesis import settings
 
+from tests.accounts import other_account  # noqa: F401  (a fixture for every tier)
+
 FAILED = pytest.StashKey[bool]()
 
 

@@ -1,7 +1,20 @@
-"""The broker address, and the private mosquitto a server starts when nothing
-listens at the default address.
+"""The broker address, and the private mosquitto a server starts when no trusted
+broker listens at the default address.
 
-Several servers of one machine share that private broker. Each holds a shared
+With the default address (localhost:1883, no broker flags) a server uses, in
+this order: the private broker of its account if it runs; else a broker that
+listens on that TCP port and belongs to this account, root or a system account
+(kvs.mqtt.owner), without credentials; else it starts the private broker. A
+listener of another ordinary account is never connected to (a warning says
+so): it would receive the password and every value.
+
+The private broker listens on a Unix socket, not on TCP: `mqtt.sock` in a
+directory only its account may enter (`$TMPDIR/kvs-broker-<uid>-<port>`, mode
+0700, refused if anybody else owns it or may write to it), so no other account
+can reach it or stand in for it; the servers also check that the socket's peer
+is their own account (SO_PEERCRED) before they send their password.
+
+Several servers of one account share that private broker. Each holds a shared
 lock on `users.lock` while it uses the broker, and the decisions to start or
 stop it are taken one at a time under `start.lock`. So the first server starts
 it, the others reuse it, and the last one to leave (the one that can lock
@@ -9,7 +22,7 @@ it, the others reuse it, and the last one to leave (the one that can lock
 server, so a crash never keeps the broker alive for ever: the next server that
 leaves cleanly stops it.
 
-The private broker accepts no anonymous client (docs/contract.md, "Security"): one user,
+The private broker accepts no anonymous client either (docs/security.md): one user,
 `kvs`, whose password is generated once and kept 0600 next to the cluster key
 (`$XDG_CONFIG_HOME/kvs/broker-<port>.password`), where the other servers of
 the same user find it. An ACL lets that user alone publish and subscribe, under
@@ -35,7 +48,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final
@@ -43,6 +56,7 @@ from typing import IO, Final
 import paho.mqtt.client as mqtt
 
 from kvs.keys import config_dir, ensure_secret, read_password
+from kvs.mqtt.owner import account, listeners, trusted
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +71,7 @@ USER: Final = "kvs"
 # no anonymous clients. `user`: run as root, mosquitto would otherwise become
 # the user `mosquitto`, who cannot read the 0600 password file.
 CONFIG = """\
-listener {port} 127.0.0.1
+listener 0 {socket}
 allow_anonymous false
 password_file {home}/passwd
 acl_file {home}/acl
@@ -104,10 +118,19 @@ def private_auth(port: int) -> BrokerAuth:
     return BrokerAuth(USER, read_password(path, "private broker password file"))
 
 
+SOCKET_NAME: Final = "mqtt.sock"
+MAX_SOCKET_PATH: Final = 107
+"""The longest path a Unix socket may have on Linux (sun_path less its NUL)."""
+
+
 @dataclass(frozen=True)
 class Address:
     host: str
     port: int
+    socket: str | None = None
+    """The private broker's Unix socket: connect there, not to host:port."""
+    verify_owner: bool = False
+    """Check who owns the other end of each connection before sending anything (kvs.mqtt.owner)."""
 
     @classmethod
     def parse(cls, text: str) -> Address:
@@ -125,6 +148,8 @@ class Address:
         return self.host in LOCAL_HOSTS
 
     def __str__(self) -> str:
+        if self.socket is not None:
+            return f"unix:{self.socket}"
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
@@ -142,26 +167,42 @@ def mosquitto_binary(name: str = "mosquitto") -> str | None:
     return shutil.which(name, path=path)
 
 
+def private_home(port: int) -> Path:
+    """The private broker's directory for this account and the default address's port."""
+    return Path(tempfile.gettempdir()) / f"kvs-broker-{os.getuid()}-{port}"
+
+
 class EmbeddedBroker:
-    """A private mosquitto on 127.0.0.1:port, shared by the servers of this machine."""
+    """A private mosquitto on a Unix socket, shared by the servers of one account on this machine."""
 
     def __init__(self, port: int, password: str) -> None:
         self.port = port
         self._password = password  # for the user USER (private_auth)
-        self.home = Path(tempfile.gettempdir()) / f"kvs-broker-{port}"
+        self.home = private_home(port)
+        self.socket = self.home / SOCKET_NAME
         self._users: IO[str] | None = None  # holds a shared lock while this server uses the broker
         self._process: subprocess.Popen[bytes] | None = None  # set when this server started it
         self.fresh = False
         """Whether this server started the broker while no other server of this machine used one:
         then nobody can hold state that it must wait for (kvs.sync)."""
 
-    def acquire(self) -> None:
-        """Makes sure a broker listens on the port (starting ours if none does) and marks it used."""
-        self.home.mkdir(mode=0o700, exist_ok=True)
+    @property
+    def address(self) -> Address:
+        return Address("localhost", self.port, socket=str(self.socket), verify_owner=True)
+
+    def acquire(self, use_listener: bool = True) -> Address:
+        """The broker to use, as the module says: the private one (started if it does not run, and
+        marked used: `release()`), or a trusted listener on the TCP port (`use_listener`; nothing held)."""
+        if len(str(self.socket)) > MAX_SOCKET_PATH:
+            raise OSError(f"{self.socket} is too long for a Unix socket: set TMPDIR to a shorter directory")
+        with suppress(FileExistsError):
+            self.home.mkdir(mode=0o700)
         _check_private(self.home)
         with self._deciding():
-            started = not listening(Address("127.0.0.1", self.port))
+            started = not self._answers()
             if started:
+                if use_listener and (tcp := _trusted_listener(self.port)) is not None:
+                    return tcp
                 self._start()
             self._users = (self.home / "users.lock").open("a")
             try:  # servers whose broker died hold their shared locks while they retry
@@ -170,6 +211,17 @@ class EmbeddedBroker:
             except BlockingIOError:
                 pass
             fcntl.flock(self._users, fcntl.LOCK_SH)
+        return self.address
+
+    def _answers(self) -> bool:
+        """Whether the private broker runs (its socket accepts a connection)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1)
+            try:
+                probe.connect(str(self.socket))
+            except OSError:
+                return False
+            return True
 
     def release(self) -> None:
         """Stops the broker if no other server uses it any more."""
@@ -198,21 +250,22 @@ class EmbeddedBroker:
         self._write_access_files()
         config = self.home / "mosquitto.conf"
         system_user = pwd.getpwuid(os.getuid()).pw_name
-        config.write_text(CONFIG.format(port=self.port, home=self.home, system_user=system_user))
+        _write_private(config, CONFIG.format(socket=self.socket, home=self.home, system_user=system_user))
+        self.socket.unlink(missing_ok=True)  # left by a broker that was killed: it does not answer
         with (self.home / "mosquitto.log").open("ab") as output:
             # A session of its own: Ctrl-C on the server that started it must not stop it for the others.
             process = subprocess.Popen(
                 [binary, "-c", str(config)], stdout=output, stderr=output, start_new_session=True
             )
         self._process = process
-        (self.home / "pid").write_text(str(process.pid))
+        _write_private(self.home / "pid", str(process.pid))
         deadline = time.monotonic() + 5
-        while not listening(Address("127.0.0.1", self.port)):
+        while not self._answers():
             if process.poll() is not None or time.monotonic() > deadline:
                 raise OSError(f"the private mosquitto did not start; see {self.home / 'mosquitto.log'}")
             time.sleep(0.02)
-        log.info("nothing listened on port %d: started a private mosquitto (pid %d, log %s)",
-                 self.port, process.pid, self.home / "mosquitto.log")  # fmt: skip
+        log.info("started a private mosquitto on %s (pid %d, log %s)",
+                 self.socket, process.pid, self.home / "mosquitto.log")  # fmt: skip
 
     def _write_access_files(self) -> None:
         """mosquitto's password file (hashed by mosquitto_passwd) and ACL, both 0600."""
@@ -246,6 +299,23 @@ class EmbeddedBroker:
         log.info("stopped the private mosquitto (pid %d): no server uses it any more", pid)
 
 
+def _trusted_listener(port: int) -> Address | None:
+    """A listener on the loopback TCP `port` that belongs to this account or a system one, if any.
+
+    Listeners of other ordinary accounts are left alone, with a warning."""
+    found = listeners(port)
+    for listener in found:
+        if trusted(listener.uid):
+            log.info("using the broker that %s runs on port %d", account(listener.uid), port)
+            return Address(listener.connect_to, port, verify_owner=True)
+    for listener in found:
+        log.warning(
+            "port %d is held by %s, not this account or a system service: not using it as the broker",
+            port, account(listener.uid),
+        )  # fmt: skip
+    return None
+
+
 def _check_private(home: Path) -> None:
     """Refuses a broker directory that another user made, or may write to (it is in /tmp)."""
     info = home.lstat()
@@ -254,7 +324,7 @@ def _check_private(home: Path) -> None:
 
 
 def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that exists
     with os.fdopen(fd, "w") as file:
         file.write(text)

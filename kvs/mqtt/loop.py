@@ -190,7 +190,8 @@ class LoopDriver:
 
     def _socket_open(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
         # paho leaves Nagle's algorithm on, which delays small publishes by up to 40 ms.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):  # not the private broker's Unix socket
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._paused = False
         self._on_loop(self._loop.add_reader, sock.fileno(), self._read)
 

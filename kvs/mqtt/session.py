@@ -15,7 +15,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
-from typing import Final, ParamSpec, Protocol
+from typing import Any, Final, ParamSpec, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -27,6 +27,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from kvs.errors import BrokerRefused, BrokerUnreachable
 from kvs.mqtt.broker import Address, BrokerAuth, configure
 from kvs.mqtt.loop import LoopDriver
+from kvs.mqtt.owner import check_peer
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,10 @@ class Session:
         self._events = events
         self._subscriptions = [(t, SubscribeOptions(qos=q, noLocal=n)) for t, q, n in subscriptions]
         client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            transport="unix" if broker.socket is not None else "tcp",
         )
         client.will_set(will[0], will[1], qos=1, retain=True)
         client.max_inflight_messages_set(1000)
@@ -89,6 +93,15 @@ class Session:
         self._client = client
         self._writes: set[int] = set()  # the mids of writes the broker has not acknowledged yet
         self._driver = LoopDriver(client)
+        if broker.verify_owner:  # before the driver's own handler, and before paho sends CONNECT
+            opened = client.on_socket_open
+            assert opened is not None
+
+            def check_then_open(client: mqtt.Client, userdata: object, sock: Any) -> None:
+                check_peer(sock)  # raises (paho then sends nothing): the listener is not trusted
+                opened(client, userdata, sock)
+
+            client.on_socket_open = check_then_open
         self._connack: asyncio.Future[ReasonCode | None] = asyncio.get_running_loop().create_future()
 
     @property
@@ -100,7 +113,8 @@ class Session:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = SESSION_EXPIRY
         try:
-            await self._driver.connect(self.broker.host, self.broker.port, KEEPALIVE, properties)
+            host = self.broker.socket or self.broker.host
+            await self._driver.connect(host, self.broker.port, KEEPALIVE, properties)
             reason = await asyncio.wait_for(asyncio.shield(self._connack), 10)
         except TimeoutError:  # before OSError, its base class
             reason = None

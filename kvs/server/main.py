@@ -29,7 +29,7 @@ from kvs.clock import now_ms
 from kvs.errors import BrokerRefused, BrokerUnreachable, ConfigError, DataDirError
 from kvs.limits import MAX_REQUEST_BYTES
 from kvs.metrics import NO_METRICS, Metrics
-from kvs.mqtt.broker import EmbeddedBroker, private_password_path
+from kvs.mqtt.broker import Address, BrokerAuth, EmbeddedBroker, private_password_path
 from kvs.net.tls import ServerTls
 from kvs.replication.adapter import Replicator
 from kvs.server.settings import Settings, parse_args
@@ -105,11 +105,13 @@ class Server:
 BROKER_ERROR = "Falha ao se conectar com o broker. Verifique se o broker está sendo executado."
 
 
-def broker_error(settings: Settings, error: Exception) -> str:
-    """The one line said when the first connection fails."""
+def broker_error(settings: Settings, error: Exception, private: bool = False) -> str:
+    """The one line said when the first connection fails (`private`: to the private broker)."""
     if not isinstance(error, BrokerRefused):
         return f"{BROKER_ERROR} ({settings.broker}: {error})"
-    if settings.broker_is_default:
+    if settings.broker_is_default and not private and settings.broker.local:
+        hint = "it takes credentials: name it with --broker and --broker-user"
+    elif settings.broker_is_default:
         # Another user's private broker, or ours started with a password since replaced.
         hint = (
             f"it is not this user's private broker, or {private_password_path(settings.broker.port)} changed"
@@ -157,7 +159,7 @@ async def serve(settings: Settings) -> int:
         commits = GroupCommit(store, lambda: _set(failed, stopping))
         started.push_async_callback(commits.close)
         try:
-            embedded = await _private_broker(settings, started)
+            broker, auth, embedded = await _choose_broker(settings, started)
         except OSError as error:
             print(f"{BROKER_ERROR} ({settings.broker}: {error})", file=sys.stderr)
             return 1
@@ -166,11 +168,11 @@ async def serve(settings: Settings) -> int:
             store,
             settings.cluster,
             settings.node_id,
-            settings.broker,
+            broker,
             settings.cluster_key,
             sync_interval=settings.sync_interval,
             fresh=bool(embedded and embedded.fresh),
-            auth=settings.broker_auth,
+            auth=auth,
             metrics=metrics or NO_METRICS,
         )
         address = f"{settings.listen}:{settings.port}"
@@ -197,7 +199,7 @@ async def serve(settings: Settings) -> int:
         try:
             await replicator.start()
         except (BrokerUnreachable, OSError) as error:
-            print(broker_error(settings, error), file=sys.stderr)
+            print(broker_error(settings, error, embedded is not None), file=sys.stderr)
             await server.stop(0)
             return 1
         started.push_async_callback(replicator.stop)  # after the server: no write goes unpublished
@@ -220,14 +222,23 @@ def _set(*events: asyncio.Event) -> None:
         event.set()
 
 
-async def _private_broker(settings: Settings, started: contextlib.AsyncExitStack) -> EmbeddedBroker | None:
-    """The private mosquitto (started if none listens), when no broker was named; released on exit."""
+async def _choose_broker(
+    settings: Settings, started: contextlib.AsyncExitStack
+) -> tuple[Address, BrokerAuth, EmbeddedBroker | None]:
+    """The broker to connect to, with what credentials, and the private one if it is that.
+
+    With a named broker, the flags'. With the default address (kvs.mqtt.broker): the
+    private mosquitto (started if needed, released on exit) with its password, or a
+    trusted listener on the TCP port without credentials: the private password goes
+    to the private broker alone."""
     if not (settings.broker_is_default and settings.broker.local):
-        return None
+        return settings.broker, settings.broker_auth, None
     embedded = EmbeddedBroker(settings.broker.port, settings.broker_auth.password or "")
-    await asyncio.to_thread(embedded.acquire)
+    address = await asyncio.to_thread(embedded.acquire)
+    if address.socket is None:
+        return address, BrokerAuth(), None
     started.push_async_callback(asyncio.to_thread, embedded.release)
-    return embedded
+    return address, settings.broker_auth, embedded
 
 
 def _serve_metrics(metrics: Metrics, settings: Settings) -> bool:

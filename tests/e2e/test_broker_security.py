@@ -17,9 +17,18 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from kvs._gen import kvs_pb2 as pb
-from kvs.mqtt.broker import USER, BrokerAuth, configure
+from kvs.mqtt.broker import SOCKET_NAME, USER, BrokerAuth, configure, private_home
 from tests.e2e.conftest import Processes
-from tests.e2e.harness import BrokerTls, KvsServer, Mosquitto, config_home, converged, free_port, wait_for
+from tests.e2e.harness import (
+    BrokerTls,
+    KvsServer,
+    Mosquitto,
+    config_home,
+    converged,
+    free_port,
+    listening,
+    wait_for,
+)
 
 BROKER_ERROR = "Falha ao se conectar com o broker. Verifique se o broker está sendo executado."
 NOT_AUTHORIZED = 135  # MQTT 5 CONNACK reason code
@@ -43,13 +52,29 @@ def exit_lines(server: KvsServer) -> tuple[int | None, list[str]]:
 ANONYMOUS = BrokerAuth()
 
 
-def connack(port: int, auth: BrokerAuth = ANONYMOUS) -> ReasonCode:
+Target = int | Path
+"""A broker's loopback TCP port, or the private broker's Unix socket."""
+
+
+def mqtt_client(target: Target) -> mqtt.Client:
+    transport = "unix" if isinstance(target, Path) else "tcp"
+    return mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5, transport=transport)
+
+
+def mqtt_connect(client: mqtt.Client, target: Target) -> None:
+    if isinstance(target, Path):
+        client.connect(str(target))
+    else:
+        client.connect("127.0.0.1", target)
+
+
+def connack(target: Target, auth: BrokerAuth = ANONYMOUS) -> ReasonCode:
     """What the broker answers to a plain paho client's CONNECT with these credentials."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+    client = mqtt_client(target)
     configure(client, auth)
     answers: list[ReasonCode] = []
     client.on_connect = lambda _c, _u, _f, reason, _p: answers.append(reason)
-    client.connect("127.0.0.1", port)
+    mqtt_connect(client, target)
     try:
         wait_for("a CONNACK", lambda: client.loop(0.05) is not None and bool(answers), timeout=10)
     finally:
@@ -66,7 +91,7 @@ def mqtt_string(text: str) -> bytes:
     return struct.pack("!H", len(text)) + text.encode()
 
 
-def anonymous_session(port: int, then: bytes) -> bytes:
+def anonymous_session(target: Target, then: bytes) -> bytes:
     """Sends an anonymous MQTT 3.1.1 CONNECT and, without waiting for its answer, `then`;
     returns every byte the broker sends until it closes the connection.
 
@@ -75,7 +100,13 @@ def anonymous_session(port: int, then: bytes) -> bytes:
     """
     connect = mqtt_packet(0x10, mqtt_string("MQTT") + bytes([4, 0x02, 0, 60]) + mqtt_string("intruder"))
     received = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    if isinstance(target, Path):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(str(target))
+    else:
+        sock = socket.create_connection(("127.0.0.1", target), timeout=10)
+    with sock:
         sock.sendall(connect + then)
         with contextlib.suppress(ConnectionResetError):
             while chunk := sock.recv(4096):
@@ -184,42 +215,46 @@ def test_the_private_broker_lets_in_only_servers_that_hold_its_password(processe
     password_file = config_home(processes.log_dir) / "kvs" / f"broker-{port}.password"
     assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
     password = password_file.read_text()
-    assert connack(port).value == NOT_AUTHORIZED
-    assert connack(port, BrokerAuth(USER, "wrong")).value == NOT_AUTHORIZED
-    assert connack(port, BrokerAuth(USER)).value == NOT_AUTHORIZED
-    assert connack(port, BrokerAuth("intruder", password)).value == NOT_AUTHORIZED
-    assert not connack(port, BrokerAuth(USER, password)).is_failure  # the one way in
+    assert not listening(port)  # the private broker has no TCP port: only its Unix socket
+    home = private_home(port)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    sock = home / SOCKET_NAME
+    assert connack(sock).value == NOT_AUTHORIZED
+    assert connack(sock, BrokerAuth(USER, "wrong")).value == NOT_AUTHORIZED
+    assert connack(sock, BrokerAuth(USER)).value == NOT_AUTHORIZED
+    assert connack(sock, BrokerAuth("intruder", password)).value == NOT_AUTHORIZED
+    assert not connack(sock, BrokerAuth(USER, password)).is_failure  # the one way in
 
     # Whatever an anonymous client sends right after its CONNECT is not acted on: no
     # SUBACK, no message, only the refusal (MQTT 3.1.1 return code 5) and the end.
     subscribe_all = mqtt_packet(0x82, b"\x00\x01" + mqtt_string("#") + b"\x00")
-    assert anonymous_session(port, subscribe_all) == b"\x20\x02\x00\x05"
-    assert_anonymous_publish_is_not_delivered(port, password, f"{processes.cluster}/batch")
+    assert anonymous_session(sock, subscribe_all) == b"\x20\x02\x00\x05"
+    assert_anonymous_publish_is_not_delivered(sock, password, f"{processes.cluster}/batch")
 
     # A server with another config directory has another password: refused, in one line.
     elsewhere = processes.log_dir / "elsewhere"
     stranger = processes.server("s3", env={**env, "XDG_CONFIG_HOME": str(elsewhere)}, wait=False)
     assert exit_lines(stranger) == (
         1,
-        [f"the broker refused this server (localhost:{port}: Not authorized): it is not this user's "
+        [f"the broker refused this server (unix:{sock}: Not authorized): it is not this user's "
          f"private broker, or {elsewhere}/kvs/broker-{port}.password changed"],
     )  # fmt: skip
     assert s2.stub.Get(pb.KeyRequest(key="k")).ver == written.ver  # the others go on
 
 
-def assert_anonymous_publish_is_not_delivered(port: int, password: str, topic: str) -> None:
-    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+def assert_anonymous_publish_is_not_delivered(target: Target, password: str, topic: str) -> None:
+    watcher = mqtt_client(target)
     configure(watcher, BrokerAuth(USER, password))
     seen: list[bytes] = []
     watcher.on_message = lambda _c, _u, message: seen.append(bytes(message.payload))
-    watcher.connect("127.0.0.1", port)
+    mqtt_connect(watcher, target)
     watcher.loop_start()
     try:
         watcher.subscribe(topic, qos=1)
         # Once a message of the watcher's own is seen, the watcher is subscribed.
         wait_for("the watcher", lambda: watcher.publish(topic, b"ready", qos=1) and b"ready" in seen)
         publish = mqtt_packet(0x30, mqtt_string(topic) + b"forged")
-        assert anonymous_session(port, publish) == b"\x20\x02\x00\x05"
+        assert anonymous_session(target, publish) == b"\x20\x02\x00\x05"
         # The broker handles one connection's packets in order, and the forged one came first.
         watcher.publish(topic, b"control", qos=1).wait_for_publish(10)
         wait_for("the control message", lambda: b"control" in seen)

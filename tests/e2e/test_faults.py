@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import replication_pb2 as rpb
+from kvs.mqtt.broker import SOCKET_NAME, private_home
 from kvs.replication.codec import Codec, Digest
 from kvs.storage.store import BUCKETS, Fragment
 from tests.e2e.conftest import Processes
@@ -21,7 +24,6 @@ from tests.e2e.harness import (
     cluster_key,
     converged,
     free_port,
-    listening,
     run_admin,
     wait_for,
 )
@@ -204,10 +206,11 @@ def test_without_a_broker_the_servers_share_a_private_one_that_the_last_stops(pr
     wait_for("s2 to replicate", lambda: s2.stub.Get(pb.KeyRequest(key="k")).ver == written.ver)
     assert s1.stop() == 0
     assert "leaving the private mosquitto" in s1.log()
-    assert listening(port)
+    sock = private_home(port) / SOCKET_NAME
+    assert answers(sock)
     assert s2.stop() == 0
     assert "stopped the private mosquitto" in s2.log()
-    assert not listening(port)
+    assert not answers(sock)
 
 
 def test_admin_compare_tells_identical_replicas_from_different_ones(processes: Processes) -> None:
@@ -229,3 +232,9 @@ def test_admin_compare_tells_identical_replicas_from_different_ones(processes: P
     done = run_admin("compare", *addresses)
     assert done.returncode == 1
     assert done.stdout == f"{addresses[1]} differs from {addresses[0]} on 1 key(s), e.g. ['only']\n"
+
+
+def answers(sock: Path) -> bool:
+    """Whether something accepts connections on the Unix socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        return probe.connect_ex(str(sock)) == 0

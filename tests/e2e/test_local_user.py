@@ -1,0 +1,146 @@
+"""What a second, ordinary account on the same machine can do (docs/security.md, "The local user").
+
+Each test makes a temporary account (tests/accounts.py; skipped unless run as root)
+and attacks as that account: it squats the private broker's port before the first
+server starts. Real ./server.sh and mosquitto processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import shutil
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from kvs._gen import kvs_pb2 as pb
+from tests.accounts import Account
+from tests.e2e.conftest import Processes
+from tests.e2e.harness import config_home, free_port, wait_for
+
+# The account cannot use the test's virtual environment (under root's directories).
+SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin") or "python3"
+
+# Accepts connections on 127.0.0.1:PORT and writes, for each, every byte it received (in hex).
+RECORDER = """
+import socket, sys
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen()
+print("listening", flush=True)
+while True:
+    connection, _ = server.accept()
+    connection.settimeout(1)
+    received = b""
+    try:
+        while chunk := connection.recv(65536):
+            received += chunk
+    except OSError:
+        pass
+    connection.close()
+    print(received.hex(), flush=True)
+"""
+
+
+def squat(account: Account, port: int) -> subprocess.Popen[bytes]:
+    """A listener of `account` on 127.0.0.1:port that records what it receives."""
+    recorder = account.popen(
+        [SYSTEM_PYTHON, "-c", RECORDER, str(port)],
+        stdout=subprocess.PIPE,
+        cwd="/",
+    )
+    assert recorder.stdout is not None
+    assert recorder.stdout.readline() == b"listening\n"
+    return recorder
+
+
+def stop(process: subprocess.Popen[bytes]) -> bytes:
+    """Stops `process` (by its pid) and returns what it wrote."""
+    os.kill(process.pid, signal.SIGTERM)
+    output, _ = process.communicate(timeout=10)
+    return output
+
+
+def test_a_listener_of_another_account_on_the_default_port_gets_no_password_and_no_value(
+    processes: Processes, other_account: Account
+) -> None:
+    port = free_port()
+    recorder = squat(other_account, port)
+    try:
+        env = {"KVS_BROKER": f"localhost:{port}"}
+        s1 = processes.server("s1", env=env, wait=False)
+        s2 = processes.server("s2", env=env, wait=False)
+        wait_for("s1 to serve or exit", lambda: s1.health() == 1 or not s1.running(), timeout=30)
+        assert s1.running(), s1.log()
+        s2.wait_serving()
+        written = s1.stub.Put(pb.KeyValueRequest(key="secret-key", val="secret-value"))
+        wait_for("s2 to replicate", lambda: s2.stub.Get(pb.KeyRequest(key="secret-key")).ver == written.ver)
+        assert f"port {port} is held by {other_account.name}" in s1.log() + s2.log()
+    finally:
+        received = stop(recorder)
+    password = (config_home(processes.log_dir) / "kvs" / f"broker-{port}.password").read_bytes().strip()
+    assert password.hex().encode() not in received
+    assert b"secret-value".hex().encode() not in received
+    assert received == b"", "the squatter was connected to"
+
+
+def test_a_mosquitto_of_another_account_on_the_default_port_sees_no_value(
+    processes: Processes, other_account: Account, tmp_path: Path
+) -> None:
+    """The squatter runs a real broker that lets anyone in, and subscribes to everything."""
+    port = free_port()
+    home = Path(os.environ.get("TMPDIR", "/tmp")) / f"squat-{other_account.name}"
+    home.mkdir(mode=0o700)
+    os.chown(home, other_account.uid, other_account.gid)
+    try:
+        config = home / "mosquitto.conf"
+        config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        os.chown(config, other_account.uid, other_account.gid)
+        broker = other_account.popen(
+            [mosquitto(), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/"
+        )
+        try:
+            wait_for("the squatter's mosquitto", lambda: listening_as(port, other_account.uid))
+            seen: list[bytes] = []
+            sniffer = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+            sniffer.on_message = lambda _c, _u, message: seen.append(message.topic.encode() + message.payload)
+            sniffer.connect("127.0.0.1", port)
+            sniffer.subscribe("#")
+            sniffer.loop_start()
+            try:
+                env = {"KVS_BROKER": f"localhost:{port}"}
+                s1 = processes.server("s1", env=env, wait=False)
+                wait_for("s1 to serve or exit", lambda: s1.health() == 1 or not s1.running(), timeout=30)
+                assert s1.running(), s1.log()
+                s1.stub.Put(pb.KeyValueRequest(key="k", val="sniffed-value"))
+                s1.stub.Put(pb.KeyValueRequest(key="k2", val="sniffed-value"))
+                assert s1.stop() == 0
+            finally:
+                sniffer.disconnect()
+                sniffer.loop_stop()
+        finally:
+            stop(broker)
+    finally:
+        subprocess.run(["rm", "-rf", str(home)], check=True)
+    assert not any(b"sniffed-value" in message for message in seen)
+    assert not any(b"/peers/" in message for message in seen)  # not even a presence
+
+
+def mosquitto(name: str = "mosquitto") -> str:
+    from tests.e2e.harness import mosquitto_binary
+
+    return mosquitto_binary(name)
+
+
+def listening_as(port: int, uid: int) -> bool:
+    """Whether a socket of `uid` listens on 127.0.0.1:port (as /proc/net/tcp shows it)."""
+    wanted = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == wanted and fields[3] == "0A" and int(fields[7]) == uid:
+            return True
+    return False
