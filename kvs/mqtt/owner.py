@@ -111,11 +111,8 @@ def check_peer(sock: socket.socket) -> None:
 
     For a Unix socket, only this account is trusted (the private broker's)."""
     uid = peer_uid(sock)
-    if sock.family == socket.AF_UNIX:
-        ok = uid == os.getuid()
-    else:
-        ok = uid is not None and trusted(uid)
-    if not ok:
+    mine = sock.family == socket.AF_UNIX
+    if uid is None or (uid != os.getuid() if mine else not trusted(uid)):
         sock.shutdown(socket.SHUT_RDWR)  # nothing is sent on it; paho closes it
         who = "an unknown account" if uid is None else account(uid)
         raise UntrustedBroker(f"the broker's address is held by {who}, not this account or a system service")

@@ -57,8 +57,10 @@ Target = int | Path
 
 
 def mqtt_client(target: Target) -> mqtt.Client:
-    transport = "unix" if isinstance(target, Path) else "tcp"
-    return mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5, transport=transport)
+    version, protocol = CallbackAPIVersion.VERSION2, MQTTProtocolVersion.MQTTv5
+    if isinstance(target, Path):
+        return mqtt.Client(version, protocol=protocol, transport="unix")
+    return mqtt.Client(version, protocol=protocol)
 
 
 def mqtt_connect(client: mqtt.Client, target: Target) -> None:

@@ -8,9 +8,9 @@ server starts. Real ./server.sh and mosquitto processes.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
-import shutil
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from kvs._gen import kvs_pb2 as pb
 from tests.accounts import Account
 from tests.e2e.conftest import Processes
-from tests.e2e.harness import config_home, free_port, wait_for
+from tests.e2e.harness import config_home, free_port, mosquitto_binary, wait_for
 
 # The account cannot use the test's virtual environment (under root's directories).
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin") or "python3"
@@ -101,7 +101,10 @@ def test_a_mosquitto_of_another_account_on_the_default_port_sees_no_value(
         config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
         os.chown(config, other_account.uid, other_account.gid)
         broker = other_account.popen(
-            [mosquitto(), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/"
+            [mosquitto_binary(), "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd="/",
         )
         try:
             wait_for("the squatter's mosquitto", lambda: listening_as(port, other_account.uid))
@@ -130,12 +133,6 @@ def test_a_mosquitto_of_another_account_on_the_default_port_sees_no_value(
     assert not any(b"/peers/" in message for message in seen)  # not even a presence
 
 
-def mosquitto(name: str = "mosquitto") -> str:
-    from tests.e2e.harness import mosquitto_binary
-
-    return mosquitto_binary(name)
-
-
 def listening_as(port: int, uid: int) -> bool:
     """Whether a socket of `uid` listens on 127.0.0.1:port (as /proc/net/tcp shows it)."""
     wanted = f"0100007F:{port:04X}"
@@ -144,3 +141,19 @@ def listening_as(port: int, uid: int) -> bool:
         if fields[1] == wanted and fields[3] == "0A" and int(fields[7]) == uid:
             return True
     return False
+
+
+def test_a_broker_of_this_account_or_a_system_one_on_the_default_port_is_used_without_the_password(
+    processes: Processes,
+) -> None:
+    """As the course's set-up expects: a system mosquitto on localhost:1883 is the broker."""
+    broker = processes.new_broker()  # this account's: trusted as a system service's would be
+    env = {"KVS_BROKER": f"localhost:{broker.port}"}
+    s1 = processes.server("s1", env=env)
+    s2 = processes.server("s2", env=env)
+    assert "started a private mosquitto" not in s1.log() + s2.log()
+    assert f"broker connected (127.0.0.1:{broker.port})" in s1.log()
+    written = s1.stub.Put(pb.KeyValueRequest(key="k", val="v"))
+    wait_for("s2 to replicate", lambda: s2.stub.Get(pb.KeyRequest(key="k")).ver == written.ver)
+    assert "New client connected" in broker.log()
+    assert "u'kvs'" not in broker.log()  # connected without the private broker's user
