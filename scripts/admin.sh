@@ -5,4 +5,4 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 [[ -f $here/kvs/_gen/.generated && -x $here/.venv/bin/python ]] || "$here/compile.sh" >&2
 # gRPC's C core would log TLS handshake failures on stderr too; admin.py says them in one line.
 export GRPC_VERBOSITY=${GRPC_VERBOSITY:-NONE}
-PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" exec "$here/.venv/bin/python" -m kvs.admin "$@"
+PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" exec "$here/.venv/bin/python" -m kvs.admin.cli "$@"

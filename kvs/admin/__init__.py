@@ -1,6 +1,9 @@
 """The Admin service (`service`: a server's view of its own replica, read through the
 `Replica` protocol) and, apart, the admin command line (`cli`, `scripts/admin.sh`).
 
-The command line is a gRPC client only: it imports `kvs.net`, `kvs.client.cli` and the
-generated stubs, never the store, replication or MQTT code. No other module imports it.
+The service may import the store; it reads the replica only through `Replica`, so it
+imports no replication code. The command line is a gRPC client only: it imports
+`kvs.net`, `kvs.client.api` and the generated stubs, never the store, replication or
+MQTT code, and no module of kvs imports it (scripts/admin.sh runs `python -m
+kvs.admin.cli`). tests/unit/test_layout.py checks both from the imports.
 """

@@ -29,16 +29,17 @@ from kvs.net.channel import open_channel
 from kvs.net.tls import ClientTls, TlsError
 
 
-def dump_of(channel: grpc.Channel) -> list[dict[str, object]]:
-    stub = pb_grpc.AdminStub(channel)
-    return [
-        {
-            "key": f.key,
-            "floor": f.floor,
-            "versions": [[v, x] for v, x in zip(f.versions, f.values, strict=True)],
-        }
-        for f in stub.Dump(pb.DumpRequest(), timeout=60)
-    ]
+def dump_of(channel: grpc.Channel) -> list[pb.Fragment]:
+    """Every key's full state, as the server's Dump replies (tombstones included), by key."""
+    return list(pb_grpc.AdminStub(channel).Dump(pb.DumpRequest(), timeout=60))
+
+
+def as_json(fragment: pb.Fragment) -> str:
+    """One line of `dump`: the key, its floor, and its [version, value] pairs."""
+    versions = [[ver, val] for ver, val in zip(fragment.versions, fragment.values, strict=True)]
+    return json.dumps(
+        {"key": fragment.key, "floor": fragment.floor, "versions": versions}, ensure_ascii=False
+    )
 
 
 ADDRESS = re.compile(r"(\[[^]]+\]|[^:\[\]]+):[0-9]{1,5}")
@@ -194,36 +195,41 @@ class CallFailed(Exception):
 
 
 def run(command: str, channels: dict[str, grpc.Channel]) -> int:
-    results: list[list[dict[str, object]]] = []
+    dumps: list[list[pb.Fragment]] = []
     for server, channel in channels.items():
         try:
             if command == "dump":
-                for line in dump_of(channel):
-                    print(json.dumps(line, ensure_ascii=False))
+                for fragment in dump_of(channel):
+                    print(as_json(fragment))
             elif command == "watch":
                 for applied in pb_grpc.AdminStub(channel).Watch(pb.WatchRequest()):
                     line = {"origin": applied.origin, "keys": list(applied.keys)}
                     print(json.dumps(line, ensure_ascii=False), flush=True)
                 return 0  # the first server only
             else:
-                results.append(dump_of(channel))
+                dumps.append(dump_of(channel))
         except grpc.RpcError as error:
             raise CallFailed(server, error) from None
-    return compare(results, list(channels)) if command == "compare" else 0
+    return compare(dumps, list(channels)) if command == "compare" else 0
 
 
-def compare(dumps: list[list[dict[str, object]]], servers: list[str]) -> int:
+def differing_keys(mine: Sequence[pb.Fragment], theirs: Sequence[pb.Fragment]) -> list[str]:
+    """The keys whose state (floor, versions, values) differs between two dumps, or that one lacks."""
+    by_key = {fragment.key: fragment for fragment in mine}
+    other = {fragment.key: fragment for fragment in theirs}
+    return sorted(key for key in by_key.keys() | other.keys() if by_key.get(key) != other.get(key))
+
+
+def compare(dumps: Sequence[Sequence[pb.Fragment]], servers: Sequence[str]) -> int:
     """Prints whether every dump equals the first; 0 if they all do."""
-    first = {str(entry["key"]): entry for entry in dumps[0]}
     same = True
     for server, dump in zip(servers[1:], dumps[1:], strict=True):
-        theirs = {str(entry["key"]): entry for entry in dump}
-        differing = sorted(k for k in first.keys() | theirs.keys() if first.get(k) != theirs.get(k))
+        differing = differing_keys(dumps[0], dump)
         if differing:
             same = False
             print(f"{server} differs from {servers[0]} on {len(differing)} key(s), e.g. {differing[:5]}")
     if same:
-        print(f"identical: {len(first)} keys (tombstones included) on {', '.join(servers)}")
+        print(f"identical: {len(dumps[0])} keys (tombstones included) on {', '.join(servers)}")
     return 0 if same else 1
 
 

@@ -1,22 +1,21 @@
 """The Admin service: a server's view of its own replica, for `scripts/admin.sh` and the web view.
 
-It reads the replica through the `Replica` protocol (what a Replicator exposes), so
-it can be served and tested without MQTT.
+It reads the replica through the `Replica` protocol below (what
+kvs.replication.adapter.Replicator exposes), and imports no replication code, so it
+can be served and tested without MQTT (tests/replica.py is a fake one).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from typing import Any, Protocol
 
 import grpc
 
 from kvs._gen import replication_pb2 as pb
 from kvs._gen import replication_pb2_grpc as pb_grpc
-from kvs.replication.adapter import Replicator
-from kvs.replication.codec import fields
 from kvs.storage.store import Fragment, Store
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Admin"].full_name
@@ -25,27 +24,75 @@ WATCH_BACKLOG_KEYS = 50_000
 DUMP_PAGE = 100
 """Keys read from the store per step of a Dump."""
 
+Watcher = Callable[[str, Sequence[Fragment]], None]
+"""Called with (origin, fragments) after each batch from a peer is applied."""
+
+
+class Replica(Protocol):
+    """What the Admin service reads of a server's replica, besides its store."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def cluster(self) -> str: ...
+
+    @property
+    def peers(self) -> Collection[str]:
+        """The peers known to be up."""
+        ...
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker connection is up now."""
+        ...
+
+    @property
+    def caught_up(self) -> asyncio.Event:
+        """Set once the replica holds its peers' state."""
+        ...
+
+    @property
+    def last_repair(self) -> float | None:
+        """When (time.time()) the replica last took part in a repair, if ever."""
+        ...
+
+    def watch(self, watcher: Watcher) -> Callable[[], None]:
+        """Calls `watcher` after each batch applied from a peer, until the returned function is called."""
+        ...
+
+
+def fragment_message(fragment: Fragment) -> pb.Fragment:
+    """The protobuf Fragment of a Dump reply: a key's floor, and its versions with their values."""
+    return pb.Fragment(
+        key=fragment.key,
+        floor=fragment.floor,
+        versions=[ver for ver, _ in fragment.versions],
+        values=[val for _, val in fragment.versions],
+    )
+
 
 class Admin(pb_grpc.AdminServicer):
     """Runs on the event loop, like the KeyValueStore service."""
 
-    def __init__(self, store: Store, replicator: Replicator) -> None:
+    def __init__(self, store: Store, replica: Replica) -> None:
         self._store = store
-        self._replicator = replicator
+        self._replica = replica
 
     async def Status(
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.StatusReply:
-        replicator = self._replicator
+        replica = self._replica
+        last_repair = replica.last_repair
         return pb.StatusReply(
-            id=replicator.node_id,
-            cluster=replicator.cluster,
-            peers=sorted(replicator.peers),
+            id=replica.node_id,
+            cluster=replica.cluster,
+            peers=sorted(replica.peers),
             keys=self._store.key_count(),
             digest=self._store.digest(),
-            caught_up=replicator.caught_up.is_set(),
-            connected=replicator.connected,
-            last_repair_ms=0 if replicator.last_repair is None else int(replicator.last_repair * 1000),
+            caught_up=replica.caught_up.is_set(),
+            connected=replica.connected,
+            last_repair_ms=0 if last_repair is None else int(last_repair * 1000),
         )
 
     async def Dump(
@@ -56,7 +103,7 @@ class Admin(pb_grpc.AdminServicer):
         after = ""
         while page := self._store.export_page(after, DUMP_PAGE):
             for fragment in page:
-                yield pb.Fragment(**fields(fragment))
+                yield fragment_message(fragment)
             after = page[-1].key
 
     async def Watch(
@@ -81,7 +128,7 @@ class Admin(pb_grpc.AdminServicer):
                 queued += len(fragments)
             arrived.set()
 
-        unwatch = self._replicator.watch(note)
+        unwatch = self._replica.watch(note)
         try:
             while True:
                 if not applied and not behind:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import cast
 
 import grpc
@@ -14,14 +14,13 @@ from kvs._gen import replication_pb2 as rpb
 from kvs._gen import replication_pb2_grpc as rpb_grpc
 from kvs.admin.service import WATCH_BACKLOG_KEYS, Admin
 from kvs.net.channel import open_channel
-from kvs.replication.adapter import Replicator
-from kvs.replication.codec import fields
 from kvs.server.main import Server
 from kvs.service.replicated import DELETE_PAGE, PAGE_KEYS, ReplicatedStore
 from kvs.storage.store import Fragment, Store
 from tests.clock import Clock
 from tests.integration.conftest import Running
 from tests.integration.test_rpcs import check, dump, key, kv, reply, span, status_of
+from tests.replica import FakeReplica
 
 # Invalid UTF-8 ----------------------------------------------------------------
 #
@@ -163,24 +162,13 @@ def test_trim_of_a_long_history_keeps_exactly_the_newest(kvs: Running) -> None:
 # Admin: Dump pages, Watch bounded ------------------------------------------------
 
 
-class Watched:
-    """The part of `Replicator` that Admin.Watch uses: who watches applied batches."""
-
-    def __init__(self) -> None:
-        self.watchers: list[Callable[[str, Sequence[Fragment]], None]] = []
-
-    def watch(self, note: Callable[[str, Sequence[Fragment]], None]) -> Callable[[], None]:
-        self.watchers.append(note)
-        return lambda: self.watchers.remove(note)
-
-
 @pytest.fixture
-def admin(loop: asyncio.AbstractEventLoop) -> Iterator[tuple[Store, Watched, grpc.Channel]]:
-    store, watched = Store(Clock()), Watched()
+def admin(loop: asyncio.AbstractEventLoop) -> Iterator[tuple[Store, FakeReplica, grpc.Channel]]:
+    store, watched = Store(Clock()), FakeReplica()
 
     async def start() -> tuple[Server, int]:
         replicated = ReplicatedStore(store, lambda fragments: None)
-        server = Server(replicated, "127.0.0.1:0", Admin(store, cast(Replicator, watched)))
+        server = Server(replicated, "127.0.0.1:0", Admin(store, watched))
         port = await server.start()
         await server.serving()
         return server, port
@@ -193,7 +181,7 @@ def admin(loop: asyncio.AbstractEventLoop) -> Iterator[tuple[Store, Watched, grp
 
 
 def test_dump_over_several_pages_is_the_whole_state(
-    admin: tuple[Store, Watched, grpc.Channel], loop: asyncio.AbstractEventLoop
+    admin: tuple[Store, FakeReplica, grpc.Channel], loop: asyncio.AbstractEventLoop
 ) -> None:
     store, _, channel = admin
     state = [Fragment(f"k{i:05}", i % 3 * 100, ((500, "x"),) if i % 2 else ()) for i in range(1, 1_300)]
@@ -203,11 +191,17 @@ def test_dump_over_several_pages_is_the_whole_state(
 
     asyncio.run_coroutine_threadsafe(load(), loop).result(10)
     got = list(rpb_grpc.AdminStub(channel).Dump(rpb.DumpRequest(), timeout=30))
-    assert got == [rpb.Fragment(**fields(f)) for f in state if f.floor or f.versions]
+    assert got == [
+        rpb.Fragment(
+            key=f.key, floor=f.floor, versions=[v for v, _ in f.versions], values=["x"] * len(f.versions)
+        )
+        for f in state
+        if f.floor or f.versions
+    ]
 
 
 def test_a_watcher_too_far_behind_is_ended_with_resource_exhausted(
-    admin: tuple[Store, Watched, grpc.Channel], loop: asyncio.AbstractEventLoop
+    admin: tuple[Store, FakeReplica, grpc.Channel], loop: asyncio.AbstractEventLoop
 ) -> None:
     _, watched, channel = admin
     stream = rpb_grpc.AdminStub(channel).Watch(rpb.WatchRequest(), timeout=10)
@@ -216,9 +210,8 @@ def test_a_watcher_too_far_behind_is_ended_with_resource_exhausted(
     async def flood() -> bool:
         while not watched.watchers:  # the call has not reached the servicer yet
             await asyncio.sleep(0.01)
-        for note in list(watched.watchers):
-            note("peer", batch)
-            note("peer", batch)  # in one step: the watcher had no chance to send the first
+        watched.applied("peer", batch)
+        watched.applied("peer", batch)  # in one step: the watcher had no chance to send the first
         return True
 
     assert asyncio.run_coroutine_threadsafe(flood(), loop).result(10)

@@ -1,5 +1,0 @@
-import sys
-
-from kvs.admin.cli import main
-
-sys.exit(main())
