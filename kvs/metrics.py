@@ -83,6 +83,9 @@ class ReplicationMetrics(Protocol):
     def lag(self, seconds: float) -> None:
         """Now minus the send time carried in a batch, at its apply (negative, from clock skew: 0)."""
 
+    def broker(self, address: str, connected: bool) -> None:
+        """The broker in use, and whether this server is connected to it (subscriptions accepted)."""
+
 
 class NoMetrics:
     """`ReplicationMetrics` that records nothing: the replicator's default."""
@@ -112,6 +115,9 @@ class NoMetrics:
         pass
 
     def lag(self, seconds: float) -> None:
+        pass
+
+    def broker(self, address: str, connected: bool) -> None:
         pass
 
 
@@ -173,6 +179,18 @@ class Metrics:
             buckets=LAG_BUCKETS,
             registry=r,
         )
+        self._connected = Gauge(
+            "kvs_replication_broker_connected",
+            "1 while connected to the broker with every subscription accepted, else 0",
+            registry=r,
+        )
+        self._broker = Gauge(
+            "kvs_replication_broker",
+            "1 for the broker in use (--broker may list several), by address",
+            ["address"],
+            registry=r,
+        )
+        self._broker_address: str | None = None
         for reason in DROP_REASONS:
             self._dropped.labels(reason)  # every reason shows, at 0, from the first scrape
         if stats is not None:
@@ -241,6 +259,14 @@ class Metrics:
 
     def lag(self, seconds: float) -> None:
         self._lag.observe(max(0.0, seconds))
+
+    def broker(self, address: str, connected: bool) -> None:
+        self._connected.set(int(connected))
+        if address != self._broker_address:
+            if self._broker_address is not None:
+                self._broker.remove(self._broker_address)
+            self._broker.labels(address).set(1)
+            self._broker_address = address
 
 
 class StoreCollector(Collector):

@@ -69,6 +69,7 @@ class LoopDriver:
         self._reconnecting: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()  # set by connection_lost, cleared by the dial after it
         self._made = asyncio.Event()  # set by connection_made: the broker accepted the last dial
+        self._pause = 0.0
         self._write_scheduled = False
         self._waiting_to_write = False  # the socket's buffer was full: the loop watches it
         client.on_socket_open = self._socket_open
@@ -86,8 +87,10 @@ class LoopDriver:
     def stopping(self) -> bool:
         return self._stopping
 
-    def connection_lost(self) -> None:
-        """Call from on_disconnect: dials again until the broker answers (unless stopping)."""
+    def connection_lost(self, pause: float = 0.0) -> None:
+        """Call from on_disconnect: dials again until the broker answers (unless stopping); the
+        first dial waits at least `pause` seconds (a broker that refused something will again)."""
+        self._pause = max(self._pause, pause)
         self._lost.set()
 
     def connection_made(self) -> None:
@@ -115,7 +118,8 @@ class LoopDriver:
         """Dials until a dial is answered and not lost since."""
         attempt, since, said = 0, time.monotonic(), 0.0
         while not self._stopping:
-            wait = BACKOFF[min(attempt, len(BACKOFF) - 1)]
+            wait = max(BACKOFF[min(attempt, len(BACKOFF) - 1)], self._pause)
+            self._pause = 0.0
             await asyncio.sleep(wait * (1 - JITTER * random.random()))
             attempt += 1
             self._lost.clear()

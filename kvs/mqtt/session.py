@@ -35,6 +35,13 @@ KEEPALIVE: Final = 10
 """Seconds; the broker declares a silent server gone (publishes its will) after 1.5 times this."""
 SESSION_EXPIRY: Final = 300
 """Seconds the broker keeps queueing for a disconnected server before forgetting it."""
+REFUSED_PAUSE: Final = 5.0
+"""Seconds before dialing again a broker that refused a subscription (its ACL may change)."""
+
+REFUSED: Final = (
+    "the broker at %s refused the subscription to %s: this server hears nothing from its peers and counts"
+    " as not connected (check the broker's ACL for the cluster's topics, docs/replication.md)"
+)
 
 P = ParamSpec("P")
 
@@ -102,11 +109,15 @@ class Session:
                 opened(client, userdata, sock)
 
             client.on_socket_open = check_then_open
+        self._up = False  # the broker accepted this connection (CONNACK)
+        self._subscribed = False  # and our subscriptions on it
+        self._refusal = ""  # the last refused subscription said in the log (said once until accepted)
         self._connack: asyncio.Future[ReasonCode | None] = asyncio.get_running_loop().create_future()
 
     @property
     def connected(self) -> bool:
-        return self._client.is_connected()
+        """Connected, and every subscription of the cluster accepted: a deaf server is not connected."""
+        return self._client.is_connected() and self._subscribed
 
     async def connect(self) -> None:
         """The first connection: returns once the broker accepted it, else raises."""
@@ -171,6 +182,7 @@ class Session:
                 log.error("the broker at %s refused the connection: %s", self.broker, reason)
             return
         log.info("broker connected (%s%s)", self.broker, ", session resumed" if flags.session_present else "")
+        self._subscribed, self._up = False, True
         self._driver.connection_made()
         self._events.on_connected()
         client.subscribe(self._subscriptions)
@@ -183,6 +195,7 @@ class Session:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        self._subscribed = False
         if not self._connack.done():
             self._connack.set_result(None)  # hung up before answering (a TLS port?): connect() says so
         first = self._connack.result()
@@ -190,8 +203,10 @@ class Session:
             return
         self._events.on_lost()
         if not self._driver.stopping:
-            log.warning("broker connection lost (%s); reconnecting", reason)
+            if self._up:  # a dial that failed is the reconnection's to report
+                log.warning("broker connection lost (%s); reconnecting", reason)
             self._driver.connection_lost()
+        self._up = False
 
     def _on_subscribe(
         self,
@@ -201,6 +216,20 @@ class Session:
         reasons: list[ReasonCode],
         properties: Properties | None,
     ) -> None:
-        if any(reason.is_failure for reason in reasons[:4]):  # the fifth, $SYS, is optional
-            log.error("the broker refused a subscription: %s", reasons)
-        self._events.on_subscribed()
+        # The fifth, $SYS, is optional (a broker may keep its statistics to itself).
+        refused = [
+            f"{topic} ({reason})"
+            for (topic, _), reason in zip(self._subscriptions[:4], reasons, strict=False)
+            if reason.is_failure
+        ]
+        if not refused:
+            self._subscribed, self._refusal = True, ""
+            self._events.on_subscribed()
+            return
+        # Deaf: it would hear nothing from its peers. Not connected; dial again in a while.
+        text = ", ".join(refused)
+        if text != self._refusal:
+            self._refusal = text
+            log.error(REFUSED, self.broker, text)
+        self._events.on_lost()
+        self._driver.connection_lost(pause=REFUSED_PAUSE)

@@ -221,9 +221,11 @@ class Replicator:
         self._run(self._sync.connected_to_broker(time.monotonic()))
 
     def on_lost(self) -> None:
+        self._metrics.broker(str(self._session.broker), False)
         self._run(self._sync.disconnected(time.monotonic()))
 
     def on_subscribed(self) -> None:
+        self._metrics.broker(str(self._session.broker), True)
         # The retained presences follow the SUBACK: all arrive before our own comes back.
         self._run(self._sync.subscribed(time.monotonic()))
 

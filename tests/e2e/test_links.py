@@ -1,17 +1,26 @@
 """A bad link between a server and its broker: the server keeps reconnecting,
-says so, and replicates again once the link recovers."""
+says so, and replicates again once the link recovers. And a broker that refuses
+a subscription."""
 
 from __future__ import annotations
 
+import json
+import os
+import pwd
 import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from grpc_health.v1 import health_pb2
 
 from kvs._gen import kvs_pb2 as pb
 from tests.e2e.conftest import Processes
-from tests.e2e.harness import KvsServer, wait_for
+from tests.e2e.harness import KvsServer, Process, free_port, listening, mosquitto_binary, wait_for
 from tests.e2e.linkproxy import LinkProxy, Mode
+
+DYNSEC = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 
 
 @pytest.fixture
@@ -79,3 +88,48 @@ def test_a_link_that_stalls_then_returns(processes: Processes, link: LinkProxy) 
     link.set("pass")
     replicates(near, far, "after", timeout=30)
     replicates(far, near, "back")
+
+
+@pytest.mark.skipif(not Path(DYNSEC).exists(), reason="mosquitto's dynamic security plugin is not installed")
+def test_a_refused_subscription_is_said_and_counts_as_not_connected(processes: Processes) -> None:
+    """A broker whose ACL refuses the digest topic: the server says so in one line, does not
+    report SERVING, and Admin and the metrics say it is not connected. (Mosquitto 2.0's acl_file
+    grants every subscription and filters deliveries instead; its dynamic security plugin refuses.)"""
+    cluster = processes.cluster
+    dynsec = processes.log_dir / "dynsec.json"
+    deny = {"acltype": "subscribePattern", "topic": f"{cluster}/digest", "priority": 0, "allow": False}
+    allow = dict.fromkeys(("publishClientSend", "publishClientReceive", "subscribe", "unsubscribe"), True)
+    dynsec.write_text(
+        json.dumps(
+            {
+                "defaultACLAccess": allow,
+                "clients": [],
+                "groups": [{"groupname": "anonymous", "roles": [{"rolename": "deaf"}], "clients": []}],
+                "anonymousGroup": "anonymous",
+                "roles": [{"rolename": "deaf", "acls": [deny]}],
+            }
+        )
+    )
+    port = free_port()
+    config = processes.log_dir / "deny.conf"
+    config.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+        f"plugin {DYNSEC}\nplugin_opt_config_file {dynsec}\n"
+        f"user {pwd.getpwuid(os.getuid()).pw_name}\nsys_interval 1\n"
+    )
+    broker = Process("mosquitto-deny", [mosquitto_binary(), "-c", str(config)], processes.log_dir)
+    processes.started.append(broker)
+    broker.start()
+    wait_for("the broker", lambda: listening(port))
+    metrics_port = free_port()
+    deaf = processes.server(
+        "deaf", ["--broker", f"127.0.0.1:{port}", "--metrics-port", str(metrics_port)], wait=False
+    )
+    wait_for("the refusal in the log", lambda: "refused the subscription" in deaf.log())
+    time.sleep(4)  # what a joiner alone on a settled broker needs to report SERVING
+    assert deaf.health() == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert not deaf.status().connected
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    assert "kvs_replication_broker_connected 0.0" in scraped
+    assert deaf.log().count("refused the subscription") == 1, deaf.log()
+    assert f"{cluster}/digest" in deaf.log()
