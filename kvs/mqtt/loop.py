@@ -128,8 +128,8 @@ class LoopDriver:
             failure: str | None
             try:
                 await asyncio.to_thread(self._dial, attempt)
-            except OSError as error:
-                failure = error.strerror or str(error) or type(error).__name__
+            except Exception as error:  # OSError mostly; whatever it is, dial again
+                failure = getattr(error, "strerror", None) or str(error) or type(error).__name__
             else:
                 failure = await self._answer()
                 if failure is None:
