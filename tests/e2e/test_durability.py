@@ -226,7 +226,7 @@ def test_a_backup_taken_while_writing_restores_into_a_new_dir(processes: Process
     server.stub.Del(pb.KeyRequest(key="k007"))
     server.stub.Trim(pb.KeyRequest(key="k008"))
     at_backup = server.dump()
-    # The README's command, while the server runs.
+    # The command of docs/storage.md, "Backing up and restoring", while the server runs.
     backup = tmp_path / "backup.sqlite"
     script = "import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))"
     python = str(ROOT / ".venv" / "bin" / "python")

@@ -1,0 +1,189 @@
+"""The docs against the code: flags, paths and promises that can be checked are.
+
+- docs/operations.md's "Server flags" table names exactly the flags of the server's own
+  parser (what `./server.sh -h` prints), and every `./server.sh`, `./client.sh` or
+  `scripts/admin.sh` command line in the docs uses only that program's flags;
+- every other `--flag` in README.md and docs/*.md belongs to some parser of kvs or
+  scripts/, or to a named outside tool;
+- every file path the docs name (`kvs/...`, `tests/...`, `scripts/...`, `proto/...`,
+  `docs/...`) exists;
+- no doc says a feature is "coming", "not built" or true only "as of this version":
+  docs say what the code does now.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+
+from kvs.client.cli import build_parser as client_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+PATH = re.compile(r"(?<![\w./-])(?:kvs|tests|scripts|proto|docs)/[\w./-]*\w")
+UNBUILT = re.compile(r"\bcoming\b|as of this version|not (?:yet )?built|to be confirmed", re.IGNORECASE)
+
+OUTSIDE_FLAGS = {
+    "--dev": "compile.sh (a shell script: the tests' and checks' packages too)",
+    "--strict": "mypy",
+    "--gil": "py-spy",
+    "--system": "useradd",
+    "--home-dir": "useradd",
+    "--shell": "useradd",
+    "--now": "systemctl enable",
+}
+
+
+class _Caught(Exception):
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+
+
+def caught_parser(run: Callable[[], object]) -> argparse.ArgumentParser:
+    """The parser `run` builds, taken at the moment it parses (nothing after it runs)."""
+
+    def grab(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> NoReturn:
+        raise _Caught(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(argparse.ArgumentParser, "parse_known_args", grab)
+        try:
+            run()
+        except _Caught as caught:
+            return caught.parser
+    raise AssertionError(f"{run} parsed no arguments")
+
+
+def flags_of(parser: argparse.ArgumentParser) -> set[str]:
+    return {
+        option
+        for action in parser._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    }
+
+
+def server_flags() -> set[str]:
+    # Wherever the server's parse_args lives (kvs.server.settings now), kvs.server.main uses it.
+    try:
+        from kvs.server.settings import parse_args  # noqa: PLC0415
+    except ImportError:
+        from kvs.server.main import parse_args  # type: ignore[attr-defined, unused-ignore]  # noqa: PLC0415
+    return flags_of(caught_parser(lambda: parse_args([])))
+
+
+def admin_flags() -> set[str]:
+    from kvs.admin.cli import main  # noqa: PLC0415
+
+    return flags_of(caught_parser(lambda: main(["status"])))
+
+
+def source_flags() -> set[str]:
+    """Every "--flag" string literal in kvs/ and scripts/: the other parsers (bench.py and its helpers)."""
+    found: set[str] = set()
+    for path in [*ROOT.joinpath("kvs").rglob("*.py"), *ROOT.joinpath("scripts").glob("*.py")]:
+        found.update(re.findall(r"[\"'](--[a-z][a-z0-9-]*)[\"']", path.read_text()))
+    return found
+
+
+def doc_lines() -> Iterator[tuple[Path, int, str]]:
+    """Each doc's lines, a shell line continued with a backslash joined to the next."""
+    for doc in DOCS:
+        pending, start = "", 0
+        for number, line in enumerate(doc.read_text().splitlines(), 1):
+            if not pending:
+                start = number
+            if line.rstrip().endswith("\\"):
+                pending += line.rstrip()[:-1] + " "
+                continue
+            yield doc, start, pending + line
+            pending = ""
+
+
+def where(doc: Path, number: int) -> str:
+    return f"{doc.relative_to(ROOT)}:{number}"
+
+
+def operations_flag_table() -> set[str]:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    assert "\n## Server flags\n" in text, 'docs/operations.md has no "## Server flags" section'
+    section = text.split("\n## Server flags\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `--")]
+    return {flag for row in rows for flag in FLAG.findall(row.split("|")[1])}
+
+
+def test_the_operations_table_names_every_server_flag_and_no_other() -> None:
+    documented, parsed = operations_flag_table(), server_flags()
+    assert not parsed - documented, f"server flags missing from docs/operations.md: {parsed - documented}"
+    assert not documented - parsed, f"docs/operations.md names flags the server lacks: {documented - parsed}"
+
+
+def commands(line: str, program: str) -> Iterator[list[str]]:
+    """The flags of each `program` command on a line, up to a comment or the next command."""
+    for match in re.finditer(rf"(?<![\w-]){re.escape(program)}\b", line):
+        rest = re.split(r"\s#|&&|\|\||;|\|", line[match.end() :], maxsplit=1)[0]
+        yield FLAG.findall(rest)
+
+
+def test_command_lines_in_the_docs_use_only_their_programs_flags() -> None:
+    programs = {
+        "server.sh": server_flags(),
+        "client.sh": flags_of(client_parser()),
+        "admin.sh": admin_flags(),
+    }
+    wrong = [
+        f"{where(doc, number)}: {program} has no {flag}"
+        for doc, number, line in doc_lines()
+        for program, known in programs.items()
+        for flags in commands(line, program)
+        for flag in flags
+        if flag not in known
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_flag_the_docs_name_belongs_to_some_program() -> None:
+    known = server_flags() | flags_of(client_parser()) | admin_flags() | source_flags() | set(OUTSIDE_FLAGS)
+    unknown = [
+        f"{where(doc, number)}: {flag}"
+        for doc, number, line in doc_lines()
+        for flag in FLAG.findall(line)
+        if flag not in known
+    ]
+    assert not unknown, "flags no parser has:\n" + "\n".join(unknown)
+
+
+def test_every_path_the_docs_name_exists() -> None:
+    missing = [
+        f"{where(doc, number)}: {path}"
+        for doc, number, line in doc_lines()
+        for path in PATH.findall(line)
+        if not (ROOT / path).exists() and not path.startswith("kvs/_gen/")  # made by ./compile.sh
+    ]
+    assert not missing, "\n".join(missing)
+
+
+def test_no_doc_promises_what_is_not_built() -> None:
+    said = [
+        f"{where(doc, number)}: {line.strip()}" for doc, number, line in doc_lines() if UNBUILT.search(line)
+    ]
+    assert not said, "say what the code does now:\n" + "\n".join(said)
+
+
+def test_the_server_help_is_what_the_table_was_checked_against() -> None:
+    # The parser the tests read is the one `./server.sh -h` prints (kvs.server runs kvs.server.main).
+    from kvs.server.main import main  # noqa: PLC0415
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main(["--help"])
+    assert set(FLAG.findall(out.getvalue())) - {"--help"} == server_flags()
