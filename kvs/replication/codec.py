@@ -124,11 +124,6 @@ class Codec:
         envelope.presence.up = up
         return self._seal(envelope)
 
-    def batches(self, fragments: Iterable[Fragment], seqs: Callable[[], int] = lambda: 0) -> Iterator[bytes]:
-        """Batch payloads carrying `fragments` in order (one, unless they are large), numbered by `seqs`."""
-        for chunk in chunks(fragments):
-            yield self.batch(chunk, seqs())
-
     def batch(self, fragments: Sequence[Fragment], seq: int) -> bytes:
         """One Batch payload: keep `fragments` to one of `chunks`' groups."""
         envelope = self._envelope()

@@ -372,7 +372,9 @@ class Store:
     def export(self, buckets: Collection[int] | None = None) -> Iterator[Fragment]:
         """The whole state of the given buckets (all: None), one fragment per key, by key.
 
-        Consume it before the next write: it reads the live tables.
+        Consume it before the next write: it reads the live tables. Only tests/sim.py still calls
+        it (production reads `export_page`, and so do the other tests, through tests/state.py);
+        it goes when the simulation reads pages too.
         """
         for fragment in _fragments(self._db.execute(_EXPORT)):
             if buckets is None or bucket_of(fragment.key) in buckets:
@@ -393,11 +395,6 @@ class Store:
         into the file itself (kvs.durable.GroupCommit, off the event loop)."""
         self._on_begin = on_begin
         self._db.execute("PRAGMA wal_autocheckpoint = 0")
-
-    @property
-    def uncommitted(self) -> bool:
-        """Whether changes are waiting for `commit()`."""
-        return self._db.in_transaction
 
     def commit(self) -> None:
         """Commits the open transaction, if any, with the digest of the buckets it changed."""

@@ -14,7 +14,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from kvs._gen import kvs_pb2 as pb
-from kvs.replication.codec import Codec, Digest
+from kvs.replication.codec import Codec, Digest, chunks
 from kvs.storage.store import BUCKETS, Fragment
 from tests.e2e.conftest import Processes
 from tests.e2e.harness import KvsServer, Mosquitto, cluster_key, converged, wait_for
@@ -82,7 +82,9 @@ def test_a_forged_batch_changes_nothing_and_is_logged(processes: Processes) -> N
         Fragment("victim", floor=2**62),
         Fragment("blocked", 0, ((2**63 - 2, "for ever"),)),
     ]
-    publish_all(processes.broker, [(f"{processes.cluster}/batch", p) for p in forger.batches(evil)])
+    publish_all(
+        processes.broker, [(f"{processes.cluster}/batch", forger.batch(chunk, 0)) for chunk in chunks(evil)]
+    )
     written = s2.stub.Put(pb.KeyValueRequest(key="after", val="x"))
     wait_for("a real write after it", lambda: s1.stub.Get(pb.KeyRequest(key="after")).ver == written.ver)
     for server in (s1, s2):

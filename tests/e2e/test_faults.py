@@ -151,7 +151,7 @@ def garbage(cluster: str, key: bytes) -> list[tuple[str, bytes]]:
     ]
     forger = Codec(cluster, "evil", os.urandom(32), epoch=1)
     forged = [forger.presence(), forger.digest(Digest(tuple(range(BUCKETS)), request=1))]
-    forged += list(forger.batches([Fragment("k", 0, ((1, "v"),))]))
+    forged.append(forger.batch([Fragment("k", 0, ((1, "v"),))], 0))
     other_cluster = Codec("elsewhere", "evil", key, epoch=1)
     member = Codec(cluster, "s3", key, epoch=1)
     messages = [(t, p) for t in topics for p in bad_payloads + forged]

@@ -11,8 +11,20 @@ from hypothesis import strategies as st
 
 from kvs._gen import replication_pb2 as pb
 from kvs.errors import CodecError
-from kvs.replication.codec import CHUNK, FORMAT, MAX_PAYLOAD, TAG, Batch, Codec, Digest, Presence, Transfer
+from kvs.replication.codec import (
+    CHUNK,
+    FORMAT,
+    MAX_PAYLOAD,
+    TAG,
+    Batch,
+    Codec,
+    Digest,
+    Presence,
+    Transfer,
+    chunks,
+)
 from kvs.storage.store import BUCKETS, MAX_VERSION, Fragment, Store
+from tests.state import everything
 
 KEY = b"k" * 32
 codec = Codec("kvs", "s1", KEY, epoch=77, clock=lambda: 1234)
@@ -21,7 +33,7 @@ other = Codec("kvs", "s2", KEY, epoch=88)
 
 def test_a_batch_round_trips_in_order_with_its_number_epoch_counter_and_send_time() -> None:
     fragments = (Fragment("a", 0, ((5, "x"),)), Fragment("b", 9), Fragment("ação", 3, ((3, ""), (4, "🙂"))))
-    [payload] = list(codec.batches(fragments, seqs=lambda: 41))
+    payload = codec.batch(fragments, 41)
     message = other.decode(payload)
     assert (message.origin, message.body) == ("s1", Batch(fragments, seq=41))
     assert (message.epoch, message.sent_ms) == (77, 1234)
@@ -80,14 +92,14 @@ def test_a_large_transfer_is_split_and_only_the_final_message_is_last() -> None:
 
 def test_a_key_too_big_for_one_message_travels_in_pieces_that_join_to_the_same_state() -> None:
     big = Fragment("k", 2, tuple((ver, str(ver) * 300_000) for ver in range(2, 40)))
-    payloads = list(codec.batches([big]))
+    payloads = [codec.batch(chunk, 0) for chunk in chunks([big])]
     assert len(payloads) > 1
     assert all(len(p) <= MAX_PAYLOAD for p in payloads)
     pieces = [f for p in payloads for f in other.decode(p).body.fragments]  # type: ignore[union-attr]
     whole, joined = Store(lambda: 1), Store(lambda: 1)
     whole.join([big])
     joined.join(pieces)
-    assert list(whole.export()) == list(joined.export())
+    assert everything(whole) == everything(joined)
 
 
 def envelope(**fields: object) -> pb.Envelope:

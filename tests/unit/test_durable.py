@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import tempfile
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,13 @@ from kvs.storage.datadir import STORE_FILE, open_data_dir
 from kvs.storage.durable import AHEAD_BYTES, AHEAD_ITEMS, GroupCommit
 from kvs.storage.store import Fragment, Store
 from tests.clock import Clock
+from tests.state import everything
+
+
+def seen_by_a_reader(path: Path) -> set[str]:
+    """The keys another reader of the file sees: what is committed (WAL lets it read beside the writer)."""
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        return {key for (key,) in db.execute("SELECT DISTINCT key FROM versions")}
 
 
 def fill(store: Store) -> None:
@@ -33,11 +41,11 @@ def test_a_reopened_store_has_the_same_state_and_digest(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     store = Store(Clock(), path)
     fill(store)
-    state, digest = list(store.export()), store.digest()
+    state, digest = everything(store), store.digest()
     store.close()
 
     again = Store(Clock(), path)
-    assert list(again.export()) == state
+    assert everything(again) == state
     assert again.digest() == digest
     again.rebuild_digest()  # the saved digest is the one the rows give
     assert again.digest() == digest
@@ -47,7 +55,7 @@ def test_a_store_in_memory_and_one_on_disk_agree(tmp_path: Path) -> None:
     memory, disk = Store(Clock()), Store(Clock(), tmp_path / "s.sqlite", fsync=True)
     fill(memory)
     fill(disk)
-    assert list(disk.export()) == list(memory.export())
+    assert everything(disk) == everything(memory)
     assert disk.digest() == memory.digest()
 
 
@@ -55,15 +63,15 @@ def test_changes_not_committed_are_gone_after_a_crash_and_the_digest_matches(tmp
     path = tmp_path / "s.sqlite"
     store = Store(Clock(), path)
     store.put("kept", "1")
-    committed = (list(store.export()), store.digest())
+    committed = (everything(store), store.digest())
     store.defer_commits(lambda: None)  # nobody commits: as if killed before the group commit
     store.put("lost", "2")
     store.delete("kept")
-    assert store.uncommitted
+    assert seen_by_a_reader(path) == {"kept"}  # neither change is committed
     store._db.close()  # a crash: SQLite rolls the open transaction back
 
     again = Store(Clock(), path)
-    assert (list(again.export()), again.digest()) == committed
+    assert (everything(again), again.digest()) == committed
 
 
 def test_group_commit_costs_nothing_in_memory() -> None:
@@ -72,30 +80,31 @@ def test_group_commit_costs_nothing_in_memory() -> None:
         commits = GroupCommit(store)
         store.put("k", "v")
         await commits.durable()
-        assert not store.uncommitted
         return commits.commits
 
     assert asyncio.run(run()) == 0
 
 
 def test_the_writes_of_one_turn_share_one_commit_and_reply_after_it(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+
     async def run() -> None:
-        store = Store(Clock(), tmp_path / "s.sqlite")
+        store = Store(Clock(), path)
         commits = GroupCommit(store)
         seen: list[bool] = []
 
         async def write(key: str) -> None:
             store.put(key, "v")
             await commits.durable()
-            seen.append(store.uncommitted)  # False: resumed after the COMMIT
+            seen.append(key in seen_by_a_reader(path))  # True: resumed after the COMMIT
 
         await asyncio.gather(*(write(f"k{i}") for i in range(10)))
-        assert seen == [False] * 10
+        assert seen == [True] * 10
         assert commits.commits == 1
         store.join([Fragment("from-a-peer", 0, ((5, "v"),))])  # replication commits the same way
-        assert store.uncommitted
+        assert "from-a-peer" not in seen_by_a_reader(path)
         await commits.durable()
-        assert not store.uncommitted
+        assert "from-a-peer" in seen_by_a_reader(path)
         assert commits.commits == 2
 
     asyncio.run(run())
@@ -153,7 +162,7 @@ def test_closing_commits_what_is_pending(tmp_path: Path) -> None:
         commits = GroupCommit(store)
         store.put("last", "write")
         await commits.close()  # before the turn that would have committed it
-        assert not store.uncommitted
+        assert seen_by_a_reader(path) == {"last"}
         store.close()
 
     asyncio.run(run())
@@ -184,7 +193,7 @@ def test_after_a_crash_a_store_holds_its_last_commit_with_its_digest(
         clock = Clock()
         store = Store(clock, path)
         store.defer_commits(lambda: None)
-        committed = (list(store.export()), store.digest())
+        committed = (everything(store), store.digest())
         for name, a, b in operations:
             clock.now += 1
             if name == "put":
@@ -197,11 +206,11 @@ def test_after_a_crash_a_store_holds_its_last_commit_with_its_digest(
                 store.join([Fragment(a, clock.now - 3, ((clock.now + 5, b),))])
             else:
                 store.commit()
-                committed = (list(store.export()), store.digest())
+                committed = (everything(store), store.digest())
         store._db.close()  # killed: what was not committed is rolled back
 
         again = Store(Clock(), path)
-        assert (list(again.export()), again.digest()) == committed
+        assert (everything(again), again.digest()) == committed
         again.rebuild_digest()
         assert again.digest() == committed[1]
         again.close()

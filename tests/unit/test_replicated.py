@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from kvs.service.replicated import DELETE_PAGE, ReplicatedStore, join_in_slices
 from kvs.storage.store import Entry, Fragment, Store, Written
 from tests.clock import Clock
+from tests.state import everything
 from tests.unit.test_store_properties import fragments, state_of
 
 T = TypeVar("T")
@@ -127,12 +128,12 @@ def test_trim_of_a_long_history_keeps_exactly_the_newest_and_the_digest() -> Non
     newest = 1000 + versions - 1
     assert asyncio.run(run()) == Entry("k", "v", newest)
     assert seen.events == [[Fragment("k", floor=newest)], "durable"]
-    assert list(rs.store.export()) == [
+    assert everything(rs.store) == [
         Fragment("k", newest, ((newest, "v"),)),
         Fragment("other", 0, ((1000, "x"),)),
     ]
     # The digest equals that of a store that was given this state in one step.
-    assert state_of(list(rs.store.export()))[1] == rs.store.digest()
+    assert state_of(everything(rs.store))[1] == rs.store.digest()
 
 
 def test_reads_between_the_slices_of_a_trim_see_before_or_after() -> None:
@@ -165,7 +166,7 @@ def test_reads_between_the_slices_of_a_trim_see_before_or_after() -> None:
 def test_join_in_slices_equals_one_join(batch: list[Fragment], rows: int) -> None:
     store = Store(lambda: 1)
     asyncio.run(join_in_slices(store, batch, rows))
-    assert (list(store.export()), store.digest()) == state_of(batch)
+    assert (everything(store), store.digest()) == state_of(batch)
 
 
 def test_join_in_slices_of_a_floor_over_a_long_history() -> None:
@@ -173,4 +174,4 @@ def test_join_in_slices_of_a_floor_over_a_long_history() -> None:
     history = [Fragment("k", versions=tuple((ver, "v") for ver in range(1, 5_001)))]
     asyncio.run(join_in_slices(store, history, rows=100))
     asyncio.run(join_in_slices(store, [Fragment("k", floor=5_000)], rows=100))
-    assert (list(store.export()), store.digest()) == state_of(history, [Fragment("k", floor=5_000)])
+    assert (everything(store), store.digest()) == state_of(history, [Fragment("k", floor=5_000)])

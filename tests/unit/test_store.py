@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from kvs.errors import VersionExhausted
+from kvs.replication.sending import state_pages
 from kvs.storage.store import MAX_VERSION, Entry, Fragment, Store, Written, bucket_of
 from tests.clock import Clock
+from tests.state import everything
 
 
 @pytest.fixture
@@ -38,7 +40,7 @@ def test_the_worked_history_of_the_module_docstring(store: Store, clock: Clock) 
     assert store.get("color") == Entry("color", "", 0)
     clock.now = 1805
     assert store.put("color", "black")[0] == Written("color", "", 0, 1805)
-    assert list(store.export()) == [Fragment("color", 1801, ((1805, "black"),))]
+    assert everything(store) == [Fragment("color", 1801, ((1805, "black"),))]
 
 
 def test_many_puts_in_one_millisecond_get_increasing_versions(store: Store) -> None:
@@ -119,7 +121,7 @@ def test_delete_removes_every_version_and_reports_the_newest(store: Store, clock
 
 def test_delete_of_a_missing_key_changes_nothing(store: Store) -> None:
     assert store.delete("k") == (Entry("k", "", 0), None)
-    assert list(store.export()) == []
+    assert everything(store) == []
 
 
 def test_delete_floor_is_above_now(store: Store, clock: Clock) -> None:
@@ -170,7 +172,7 @@ def test_join_drops_versions_below_the_floor_whatever_the_order() -> None:
     put, floor = Fragment("k", versions=((5, "x"), (9, "y"))), Fragment("k", floor=6)
     one.join([put, floor])
     two.join([floor, put])
-    assert list(one.export()) == list(two.export()) == [Fragment("k", 6, ((9, "y"),))]
+    assert everything(one) == everything(two) == [Fragment("k", 6, ((9, "y"),))]
 
 
 def test_a_version_at_the_floor_is_kept(store: Store) -> None:
@@ -183,21 +185,21 @@ def test_digest_tracks_content_not_history(clock: Clock) -> None:
     assert one.digest() == two.digest()
     one.put("k", "v")
     assert one.digest() != two.digest()
-    two.join(one.export())
+    two.join(everything(one))
     assert one.digest() == two.digest()
     one.put("k", "w")
     one.trim("k")
-    two.join(one.export())
-    assert list(one.export()) == list(two.export())
+    two.join(everything(one))
+    assert everything(one) == everything(two)
     assert one.digest() == two.digest()
 
 
-def test_export_filters_by_bucket(store: Store) -> None:
+def test_state_pages_filter_by_bucket(store: Store) -> None:
     keys = [f"key{i}" for i in range(50)]
     for key in keys:
         store.put(key, "v")
-    wanted = {bucket_of("key7"), bucket_of("key30")}
-    exported = [fragment.key for fragment in store.export(wanted)]
+    wanted = frozenset({bucket_of("key7"), bucket_of("key30")})
+    exported = [fragment.key for fragment in state_pages(store, wanted)]
     assert exported == sorted(k for k in keys if bucket_of(k) in wanted)
     assert "key7" in exported
 

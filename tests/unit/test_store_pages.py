@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvs.storage.store import Entry, Fragment, Store
+from tests.state import everything
 from tests.unit.test_store_properties import VERSIONS, fragments, state_of
 
 LIMITS = st.integers(min_value=1, max_value=4)
@@ -41,7 +42,7 @@ def test_key_pages_and_export_pages_make_the_whole(batch: list[Fragment], limit:
     exported: list[Fragment] = []
     while fragment_page := store.export_page(exported[-1].key if exported else "", limit):
         exported += fragment_page
-    assert exported == list(store.export())
+    assert exported == everything(store)
 
 
 @settings(deadline=None)  # the machine is shared: no per-example deadline
@@ -53,10 +54,10 @@ def test_dropping_in_steps_then_raising_the_floor_equals_raising_it(
     while store.drop_below(key, floor, limit) == limit:
         pass
     assert all(
-        ver >= floor for fragment in store.export() if fragment.key == key for ver, _ in fragment.versions
+        ver >= floor for fragment in everything(store) if fragment.key == key for ver, _ in fragment.versions
     )
     store.join([Fragment(key, floor)])
-    assert (list(store.export()), store.digest()) == state_of(batch, [Fragment(key, floor)])
+    assert (everything(store), store.digest()) == state_of(batch, [Fragment(key, floor)])
 
 
 def test_delete_keys_skips_what_does_not_exist() -> None:

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from kvs.storage.store import Entry, Fragment, Store
+from tests.state import everything
 
 KEYS = st.sampled_from(["a", "b", "ab", "é", "z z"])
 VERSIONS = st.integers(min_value=1, max_value=40)
@@ -30,7 +31,7 @@ def state_of(*groups: list[Fragment]) -> tuple[list[Fragment], tuple[int, ...]]:
     store = fresh()
     for group in groups:
         store.join(group)
-    return list(store.export()), store.digest()
+    return everything(store), store.digest()
 
 
 @given(st.lists(fragments), st.lists(fragments))
@@ -48,11 +49,11 @@ def test_join_is_associative(a: list[Fragment], b: list[Fragment], c: list[Fragm
     right.join(b)
     right.join(c)
     one, two = fresh(), fresh()
-    one.join(list(left.export()))
+    one.join(everything(left))
     one.join(c)
     two.join(a)
-    two.join(list(right.export()))
-    assert (list(one.export()), one.digest()) == (list(two.export()), two.digest())
+    two.join(everything(right))
+    assert (everything(one), one.digest()) == (everything(two), two.digest())
 
 
 @given(st.lists(fragments))
@@ -71,7 +72,7 @@ def test_replicas_fed_the_same_fragments_in_any_order_end_equal(
         one.join([fragment])
     for fragment in duplicated:
         two.join([fragment])
-    assert list(one.export()) == list(two.export())
+    assert everything(one) == everything(two)
     assert one.digest() == two.digest()
 
 
@@ -88,8 +89,8 @@ def test_export_then_join_reproduces_the_state_and_digest(a: list[Fragment]) -> 
     store = fresh()
     store.join(a)
     copy = fresh()
-    copy.join(store.export())
-    assert list(copy.export()) == list(store.export())
+    copy.join(everything(store))
+    assert everything(copy) == everything(store)
     assert copy.digest() == store.digest()
 
 
