@@ -5,7 +5,9 @@ uses `$XDG_CONFIG_HOME/kvs/<cluster>.key` (`~/.config/kvs/<cluster>.key`),
 creating it if it is missing, so that the servers of one user on one machine
 share it with no setup. Every secret file kvs reads must be a regular file
 that neither the group nor others may read or write (mode 0600 or stricter):
-anyone who can read it can forge replication messages.
+anyone who can read it can forge replication messages. It must also belong to
+the account running the server, as OpenSSH requires of its keys: whoever owns
+a file may change its mode and its content.
 
 Creation is race-free: the content is written to a private temporary file
 (O_CREAT|O_EXCL, mode 0600) and then hard-linked to its name, which fails if
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import secrets
 import stat
 import tempfile
@@ -88,9 +91,15 @@ def read_secret(path: Path, what: str) -> bytes:
     except OSError as error:
         raise KeyFileError(f"cannot read {what} {path}: {error.strerror or error}") from None
     try:
-        mode = os.fstat(fd).st_mode
+        info = os.fstat(fd)
+        mode = info.st_mode
         if not stat.S_ISREG(mode):
             raise KeyFileError(f"{what} {path} is not a regular file")
+        if info.st_uid != os.geteuid():  # its owner may rewrite it whatever its mode, as OpenSSH says
+            me, owner = _account(os.geteuid()), _account(info.st_uid)
+            raise KeyFileError(
+                f"{what} {path} belongs to {owner}, not to this account ({me}): run chown {me} {path}"
+            )
         if mode & 0o077:
             raise KeyFileError(
                 f"{what} {path} is open to other users (mode {stat.S_IMODE(mode):04o}): run chmod 600 {path}"
@@ -103,6 +112,13 @@ def read_secret(path: Path, what: str) -> bytes:
     finally:
         os.close(fd)
     return content
+
+
+def _account(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def read_password(path: Path, what: str) -> str:

@@ -134,6 +134,14 @@ def open_store(settings: Settings) -> tuple[Store, DataDir | None]:
         raise DataDirError(f"--data-dir {settings.data_dir}: cannot open its store ({error})") from None
     mode = "synchronous=FULL (--fsync)" if settings.fsync else "synchronous=NORMAL"
     log.info("store %s opened in %.2f s, %s", data_dir.store_path, time.monotonic() - started, mode)
+    if lost := data_dir.lost_commits(store.commits):
+        log.warning(
+            "the write-ahead log of %s was cut: it lost the last %d commit(s) (the store holds commit %d"
+            " of %d); the writes of those commits come back from the peers that hold them, through the join",
+            data_dir.store_path, lost, store.commits, data_dir.recorded_commits,
+        )  # fmt: skip
+    store.on_commit(data_dir.record_commit)
+    data_dir.record_commit(store.commits)
     return store, data_dir
 
 

@@ -202,6 +202,9 @@ CREATE TABLE IF NOT EXISTS digest (
 );
 """
 _SAVE_DIGEST = "INSERT OR REPLACE INTO digest (bucket, hash) VALUES (?, ?)"
+_COMMITS_ROW: Final = -1
+"""The digest table's row that holds, instead of a hash, how many commits the file has had
+(kvs.datadir compares it with the count the server recorded: a cut write-ahead log)."""
 _ALL_ROWS = "SELECT 'f', key, floor, '' FROM floors UNION ALL SELECT 'v', key, ver, val FROM versions"
 
 _HASH_HEADER = struct.Struct("<cIq")  # kind (b"v" version, b"f" floor), key length, version
@@ -217,6 +220,9 @@ class Store:
         self._dirty: set[int] = set()  # buckets whose digest changed since the last commit
         self._on_begin: Callable[[], None] | None = None
         self.path = path
+        self.commits = 0
+        """How many commits this file has had (on disk; saved with each commit)."""
+        self._on_commit: Callable[[int], None] | None = None
         # One connection, used by one thread at a time (see kvs.server).
         self._db = sqlite3.connect(path or ":memory:", isolation_level=None, check_same_thread=False)
         if path is None:
@@ -228,7 +234,9 @@ class Store:
         self._db.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
         self._db.execute("PRAGMA journal_size_limit = 16777216")  # a WAL that grew shrinks back to 16 MiB
         self._db.executescript(f"BEGIN; {_SCHEMA} {_DIGEST_SCHEMA} COMMIT;")
-        saved = self._db.execute("SELECT bucket, hash FROM digest").fetchall()
+        saved = self._db.execute("SELECT bucket, hash FROM digest WHERE bucket >= 0").fetchall()
+        count = self._db.execute("SELECT hash FROM digest WHERE bucket = ?", (_COMMITS_ROW,)).fetchone()
+        self.commits = 0 if count is None else int(count[0])
         if len(saved) == BUCKETS:
             for bucket, value in saved:
                 self._digest[bucket] = value % 2**64
@@ -389,6 +397,10 @@ class Store:
 
     # Transactions (files) ----------------------------------------------------
 
+    def on_commit(self, committed: Callable[[int], None]) -> None:
+        """Calls `committed(n)` after each commit to the file, n being `commits` (kvs.datadir)."""
+        self._on_commit = committed
+
     def defer_commits(self, on_begin: Callable[[], None]) -> None:
         """From now on a write that opens a transaction calls `on_begin` and leaves it
         open: whoever called this ends it with `commit()`, and checkpoints the WAL
@@ -400,15 +412,21 @@ class Store:
         """Commits the open transaction, if any, with the digest of the buckets it changed."""
         if not self._db.in_transaction:
             return
-        if self.path is not None and self._dirty:
+        if self.path is not None:
             # SQLite integers are signed: store the hash's two's complement.
             rows = [
                 (b, int.from_bytes(self._digest[b].to_bytes(8, "little"), "little", signed=True))
                 for b in self._dirty
             ]
+            # The count shares the digest's page: it costs no page of its own in the log.
+            rows.append((_COMMITS_ROW, self.commits + 1))
             self._db.executemany(_SAVE_DIGEST, rows)
         self._dirty.clear()
         self._db.execute("COMMIT")
+        if self.path is not None:
+            self.commits += 1
+            if self._on_commit is not None:
+                self._on_commit(self.commits)
 
     def checkpoint(self) -> None:
         """Copies what the WAL still holds into the file, between transactions (kvs.durable)."""

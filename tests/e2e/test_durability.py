@@ -234,7 +234,7 @@ def test_a_backup_taken_while_writing_restores_into_a_new_dir(processes: Process
     server.stub.Put(pb.KeyValueRequest(key="after-the-backup", val="v"))
     assert server.stop() == 0
 
-    restored.mkdir()
+    restored.mkdir(mode=0o700)
     (restored / STORE_FILE).write_bytes(backup.read_bytes())
     again = start(processes, "s1", restored, server.port)
     assert again.dump() == at_backup
@@ -304,7 +304,7 @@ def test_a_file_that_is_not_a_kvs_store_is_refused_and_left_alone(
     tmp_path: Path, content: bytes | None, words: str
 ) -> None:
     data = tmp_path / "data"
-    data.mkdir()
+    data.mkdir(mode=0o700)
     if content is None:
         with sqlite3.connect(data / STORE_FILE) as db:
             db.execute("CREATE TABLE accounts (name TEXT, balance INTEGER)")
@@ -339,7 +339,7 @@ def test_a_dir_in_use_by_a_running_server_is_refused(processes: Processes, tmp_p
 
 def test_a_dir_that_is_not_writable_is_refused(tmp_path: Path) -> None:
     data = tmp_path / "read-only"
-    data.mkdir()
+    data.mkdir(mode=0o700)
     # Root writes anywhere a mode allows nothing; an immutable directory stops root too.
     locked, unlocked = (["chattr", "+i"], ["chattr", "-i"]) if os.geteuid() == 0 else ([], [])
     data.chmod(0o555)

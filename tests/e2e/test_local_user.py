@@ -8,18 +8,24 @@ server starts. Real ./server.sh and mosquitto processes.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
+import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from kvs._gen import kvs_pb2 as pb
+from kvs.storage.datadir import STORE_FILE
 from tests.accounts import Account
 from tests.e2e.conftest import Processes
 from tests.e2e.harness import config_home, free_port, mosquitto_binary, wait_for
+from tests.e2e.test_durability import assert_refused, run_server
 
 # The account cannot use the test's virtual environment (under root's directories).
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin") or "python3"
@@ -157,3 +163,105 @@ def test_a_broker_of_this_account_or_a_system_one_on_the_default_port_is_used_wi
     wait_for("s2 to replicate", lambda: s2.stub.Get(pb.KeyRequest(key="k")).ver == written.ver)
     assert "New client connected" in broker.log()
     assert "u'kvs'" not in broker.log()  # connected without the private broker's user
+
+
+# The data directory and the secret files ------------------------------------------------
+
+
+def shared_parent() -> Path:
+    """A directory under /tmp that every account may enter (tmp_path's parents are root's, 0700)."""
+    parent = Path(tempfile.mkdtemp(prefix="kvs-shared-"))
+    parent.chmod(0o755)
+    return parent
+
+
+def test_a_new_data_dir_is_0700_its_files_0600_and_another_account_reads_nothing(
+    processes: Processes, other_account: Account
+) -> None:
+    parent = shared_parent()
+    try:
+        data = parent / "data"
+        server = processes.server("s1", ["--data-dir", str(data)])
+        server.stub.Put(pb.KeyValueRequest(key="k", val="private-value"))
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in data.iterdir()}
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        assert STORE_FILE in modes
+        assert set(modes.values()) == {0o600}, modes
+        for argv in (
+            ["ls", str(data)],
+            ["cat", str(data / STORE_FILE)],
+            ["cat", str(data / f"{STORE_FILE}-wal")],
+        ):
+            done = other_account.run(argv)
+            assert done.returncode != 0, (argv, done)
+            assert "Permission denied" in done.stderr, (argv, done)
+        assert server.stop() == 0
+    finally:
+        shutil.rmtree(parent)
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o750, 0o707, 0o777, 0o701])
+def test_an_existing_dir_other_accounts_may_use_is_refused_with_how_to_fix_it(
+    tmp_path: Path, mode: int
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(mode)
+    assert_refused(run_server(data, "c"), f"mode {mode:04o}", f"chmod 700 {data}")
+    assert list(data.iterdir()) == []  # not even the lock file
+    data.chmod(0o700)
+    assert_starts(data)
+
+
+def test_a_dir_of_another_account_is_refused(tmp_path: Path, other_account: Account) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    os.chown(data, other_account.uid, other_account.gid)
+    assert_refused(run_server(data, "c"), f"belongs to {other_account.name}")
+    assert list(data.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["lock", STORE_FILE, f"{STORE_FILE}-wal", f"{STORE_FILE}-shm"])
+def test_a_symbolic_link_planted_in_the_dir_is_refused_and_its_target_left_whole(
+    tmp_path: Path, name: str
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("somebody's precious file\n")
+    (data / name).symlink_to(victim)
+    assert_refused(run_server(data, "c"), f"{data / name} is a symbolic link")
+    assert victim.read_text() == "somebody's precious file\n"
+    assert sorted(p.name for p in data.iterdir()) == [name]
+
+
+def test_a_key_or_password_file_of_another_account_is_refused(
+    processes: Processes, other_account: Account, tmp_path: Path
+) -> None:
+    key = tmp_path / "cluster.key"
+    key.write_bytes(bytes(32))
+    key.chmod(0o600)
+    os.chown(key, other_account.uid, other_account.gid)
+    server = processes.server("s1", ["--cluster-key-file", str(key)], wait=False)
+    wait_for("s1 to exit", lambda: not server.running())
+    assert server.stop() == 1
+    assert server.log().strip().splitlines() == [
+        f"server.py: cluster key file {key} belongs to {other_account.name}, not to this account"
+        f" ({pwd.getpwuid(os.getuid()).pw_name}): run chown {pwd.getpwuid(os.getuid()).pw_name} {key}"
+    ]
+    password = tmp_path / "broker.password"
+    password.write_text("secret\n")
+    password.chmod(0o600)
+    os.chown(password, other_account.uid, other_account.gid)
+    flags = ["--broker-user", "shop", "--broker-password-file", str(password)]
+    server = processes.server("s2", flags, wait=False)
+    wait_for("s2 to exit", lambda: not server.running())
+    assert server.stop() == 1
+    [line] = server.log().strip().splitlines()
+    assert line.startswith(f"server.py: broker password file {password} belongs to {other_account.name}")
+
+
+def assert_starts(data: Path) -> None:
+    """A server with `data` gets past its checks (it then stops: there is no broker)."""
+    done = run_server(data, "c")
+    assert "Falha ao se conectar com o broker" in done.stderr, done.stderr

@@ -1,0 +1,128 @@
+"""Stores that fail loudly (docs/storage.md): a store that is read-only, corrupt or of another
+cluster is refused at start in one line and left as it was; a cut write-ahead log is said in
+one line, and what the peers hold comes back. Real ./server.sh processes."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from kvs._gen import kvs_pb2 as pb
+from kvs.storage.datadir import STORE_FILE
+from tests.e2e.conftest import Processes
+from tests.e2e.harness import KvsServer, converged, wait_for
+from tests.e2e.test_durability import assert_refused, run_server, start, tree
+
+WAL = f"{STORE_FILE}-wal"
+CUT = re.compile(r"the write-ahead log of \S+ was cut: it lost the last (\d+) commit\(s\)")
+
+
+def killed_with_a_log(
+    processes: Processes, data: Path, name: str = "owner", keys: int = 600, peer: KvsServer | None = None
+) -> list[str]:
+    """Writes `keys` keys (one commit each, the last ones still only in the write-ahead log: kvs
+    checkpoints every 250 commits), then kill -9 (once `peer` holds them all, if given)."""
+    server = start(processes, name, data)
+    written = [f"k{i:05}" for i in range(keys)]
+    for key in written:
+        server.stub.Put(pb.KeyValueRequest(key=key, val="v"))
+    if peer is not None:
+        wait_for("the peer to hold every write", lambda: present(peer, written) == len(written))
+    server.stop(signal.SIGKILL)
+    assert (data / WAL).stat().st_size > 0
+    return written
+
+
+def files(data: Path) -> dict[str, str]:
+    """The store and its log, hashed: what a refusal must leave as it was (the -shm index and the
+    lock file are not data)."""
+    return {name: digest for name, digest in tree(data).items() if name in (STORE_FILE, WAL)}
+
+
+def test_a_store_of_another_cluster_is_refused_before_its_log_is_checkpointed(
+    processes: Processes, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    killed_with_a_log(processes, data, keys=50)
+    before = files(data)
+    assert WAL in before
+    assert_refused(run_server(data, "another-cluster"), "cluster")
+    assert files(data) == before
+
+
+def test_a_read_only_store_is_refused_and_left_alone(processes: Processes, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    killed_with_a_log(processes, data, keys=50)
+    (data / STORE_FILE).chmod(0o400)
+    before = files(data)
+    assert_refused(run_server(data, processes.cluster), "read-only", f"chmod 600 {data / STORE_FILE}")
+    assert files(data) == before
+
+
+@pytest.mark.parametrize("where", ["a-root-page", "middle"])
+def test_a_corrupt_store_is_refused_at_start_and_left_alone(
+    processes: Processes, tmp_path: Path, where: str
+) -> None:
+    data = tmp_path / "data"
+    server = start(processes, "owner", data)
+    list(server.stub.PutAll(iter(pb.KeyValueRequest(key=f"k{i:05}", val="v" * 100) for i in range(3000))))
+    assert server.stop() == 0  # the log checkpointed into the file
+    store = data / STORE_FILE
+    size = store.stat().st_size
+    with store.open("r+b") as file:
+        file.seek(2 * 4096 if where == "a-root-page" else (size // 4096 // 2) * 4096)  # page 3: versions
+        file.write(b"\xa5" * 2000)
+    before = files(data)
+    assert_refused(run_server(data, processes.cluster), "corrupt")
+    assert files(data) == before
+
+
+def test_a_cut_write_ahead_log_is_said_in_one_line_and_the_peers_bring_back_what_it_lost(
+    processes: Processes, tmp_path: Path
+) -> None:
+    data = tmp_path / "data-s1"
+    s2 = processes.server("s2")
+    written = killed_with_a_log(processes, data, name="s1", peer=s2)
+    wal = data / WAL
+    os.truncate(wal, 32)  # its header only: every frame not yet copied into the store is lost
+
+    s1 = start(processes, "s1", data)
+    lines = [line for line in s1.log().splitlines() if "write-ahead log" in line]
+    assert len(lines) == 1, s1.log()
+    match = CUT.search(lines[0])
+    assert match, lines[0]
+    assert int(match.group(1)) > 0
+    converged([s1, s2])
+    assert present(s1, written) == len(written)  # s2 held every write: the join brought them back
+
+
+def test_a_cut_write_ahead_log_of_a_lone_server_says_how_many_commits_it_lost(
+    processes: Processes, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    written = killed_with_a_log(processes, data, name="alone")
+    wal = data / WAL
+    os.truncate(wal, 32)  # its header only: every frame not yet copied into the store is lost
+    alone = start(processes, "alone", data)
+    match = CUT.search(alone.log())
+    assert match, alone.log()
+    lost_keys = len(written) - present(alone, written)
+    assert lost_keys > 0
+    assert int(match.group(1)) == lost_keys  # one Put, one commit: the count is exact here
+
+
+def test_a_whole_log_is_not_reported_as_cut(processes: Processes, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    written = killed_with_a_log(processes, data, name="alone", keys=100)
+    alone = start(processes, "alone", data)
+    assert "write-ahead log" not in alone.log()
+    assert present(alone, written) == len(written)
+
+
+def present(server: KvsServer, keys: list[str]) -> int:
+    replies = server.stub.GetAll(iter(pb.KeyRequest(key=k) for k in keys), timeout=60)
+    return sum(1 for reply in replies if reply.ver > 0)
