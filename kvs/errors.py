@@ -13,6 +13,10 @@ class InvalidArgument(KvsError):
     """A request that can never succeed as written (empty key, reversed range)."""
 
 
+class TooLarge(KvsError):
+    """A call that would make the server hold more than its documented bound (kvs.limits)."""
+
+
 class VersionExhausted(KvsError):
     """A key's newest version is the largest int64: no later version exists."""
 

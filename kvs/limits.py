@@ -40,3 +40,21 @@ REPLY_OVERHEAD_BYTES = 2 * (1 + 7)
 
 MAX_REQUEST_BYTES = MAX_REPLY_BYTES - REPLY_OVERHEAD_BYTES
 """The largest request a server accepts (4,194,288 bytes); larger is RESOURCE_EXHAUSTED."""
+
+MAX_GETALL_BYTES = 32 * 1024 * 1024
+"""What one GetAll stream may make the server hold: 32 MiB of keys (each counted as the memory it
+takes, its length plus about 60 bytes; up to 4 bytes a character outside ASCII). GetAll must read
+its whole stream before it answers (its version is the largest of the stream), so without this
+bound one client could make the server hold any amount; past it the call is RESOURCE_EXHAUSTED,
+with no reply. Split larger reads into several GetAll calls (docs/contract.md)."""
+
+MAX_QUOTED_KEY = 40
+"""Error messages quote at most this many characters of a key: a status message of megabytes
+would be replaced by gRPC's own, and says nothing more."""
+
+
+def quoted(key: str) -> str:
+    """A key as an error message shows it: its first characters, and how long it is if cut."""
+    if len(key) <= MAX_QUOTED_KEY:
+        return repr(key)
+    return f"{key[:MAX_QUOTED_KEY]!r}... ({len(key)} characters)"

@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError
 
 from kvs._gen import replication_pb2 as pb
 from kvs.errors import CodecError
+from kvs.limits import quoted
 from kvs.storage.store import BUCKETS, MAX_VERSION, Fragment
 
 FORMAT: Final = 2
@@ -233,13 +234,13 @@ def _fragments(messages: Iterable[pb.Fragment]) -> tuple[Fragment, ...]:
             raise CodecError("fragment with an empty key")
         count = len(versions)
         if count != len(values):
-            raise CodecError(f"fragment of {key!r} has {count} versions for {len(values)} values")
+            raise CodecError(f"fragment of {quoted(key)} has {count} versions for {len(values)} values")
         if count == 1:  # a put, or a key with one version: most fragments, so the quick way
             pairs: tuple[tuple[int, str], ...] = ((versions[0], values[0]),)
         else:
             pairs = tuple(zip(versions, values, strict=False))  # lengths checked above
         if not 0 <= floor <= MAX_VERSION + 1 or any(not 0 < ver <= MAX_VERSION for ver, _ in pairs):
-            raise CodecError(f"fragment of {key!r} has a version out of range")
+            raise CodecError(f"fragment of {quoted(key)} has a version out of range")
         fragments.append(Fragment(key, floor, pairs))
     return tuple(fragments)
 

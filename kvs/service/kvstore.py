@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
@@ -19,7 +20,8 @@ from google.protobuf.message import DecodeError, Message
 
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import kvs_pb2_grpc as pb_grpc
-from kvs.errors import InvalidArgument, KvsError, NotDurable, VersionExhausted
+from kvs.errors import InvalidArgument, KvsError, NotDurable, TooLarge, VersionExhausted
+from kvs.limits import MAX_GETALL_BYTES, quoted
 from kvs.service.replicated import ReplicatedStore
 from kvs.storage.store import Entry, Version, Written
 
@@ -30,6 +32,7 @@ SERVICE_NAME = _SERVICE.full_name
 STATUS: dict[type[KvsError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     VersionExhausted: grpc.StatusCode.OUT_OF_RANGE,
+    TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotDurable: grpc.StatusCode.UNAVAILABLE,  # the commit failed: not acknowledged, the server stops
 }
 
@@ -165,10 +168,19 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
         self, request_iterator: AsyncIterator[pb.KeyRequest], context: Context
     ) -> AsyncIterator[pb.KeyValueVersionReply]:
         # One version for the whole stream: the largest asked (none: the newest),
-        # so nothing is answered before the last request. Only the keys are kept.
-        keys, at = [], 0
+        # so nothing is answered before the last request. Only the keys are kept,
+        # MAX_GETALL_BYTES of them at most.
+        keys, at, held = [], 0, 0
         async for request in request_iterator:
-            keys.append(_key(request))
+            key = _key(request)
+            held += sys.getsizeof(key) + 8  # the string and its slot in the list
+            if held > MAX_GETALL_BYTES:
+                raise TooLarge(
+                    f"GetAll stream too large: its keys pass {MAX_GETALL_BYTES // 2**20} MiB, which the"
+                    f" server holds at most for one stream (it reads the whole stream before answering);"
+                    f" split it into several GetAll calls of fewer keys"
+                )
+            keys.append(key)
             at = max(at, _version(request) or 0)
             await self._store.pace()  # gRPC may hand over many requests without suspending
         async for entry in self._store.get_many(keys, at or None):
@@ -258,7 +270,9 @@ def _range(request: pb.KeyRange) -> tuple[str, str, Version | None]:
     if not request.fr.key or not request.to.key:
         raise InvalidArgument("range keys fr.key and to.key must not be empty")
     if request.fr.key > request.to.key:  # str order is code point order, which is UTF-8 byte order
-        raise InvalidArgument(f"range is reversed: fr.key {request.fr.key!r} > to.key {request.to.key!r}")
+        raise InvalidArgument(
+            f"range is reversed: fr.key {quoted(request.fr.key)} > to.key {quoted(request.to.key)}"
+        )
     at = max(_version(request.fr) or 0, _version(request.to) or 0)
     return request.fr.key, request.to.key, at or None
 

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Final, TypeAlias
 
 from kvs.errors import VersionExhausted
+from kvs.limits import quoted
 
 Version: TypeAlias = int
 """Milliseconds since the Unix epoch at the accepting server; <= 0 means blank."""
@@ -301,7 +302,7 @@ class Store:
         newest = self._newest(key)
         ver = max(self._clock(), newest.ver + 1 if newest else 0, self._floor(key))
         if ver > MAX_VERSION:
-            raise VersionExhausted(f"key {key!r} has no version left above {MAX_VERSION}")
+            raise VersionExhausted(f"key {quoted(key)} has no version left above {MAX_VERSION}")
         with self._transaction() if self.path is not None else nullcontext():
             # On disk, with the digest in the same commit; in memory one statement commits itself.
             self._db.execute(_INSERT, (key, ver, val))
