@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 from kvs._gen import replication_pb2 as pb
 from kvs.errors import CodecError
 from kvs.limits import quoted
-from kvs.storage.store import BUCKETS, MAX_VERSION, Fragment
+from kvs.storage.store import BUCKETS, LAST_VERSION, MAX_VERSION, Fragment
 
 FORMAT: Final = 2
 """The payload format this code reads and writes: the first byte of every payload."""
@@ -239,7 +239,9 @@ def _fragments(messages: Iterable[pb.Fragment]) -> tuple[Fragment, ...]:
             pairs: tuple[tuple[int, str], ...] = ((versions[0], values[0]),)
         else:
             pairs = tuple(zip(versions, values, strict=False))  # lengths checked above
-        if not 0 <= floor <= MAX_VERSION + 1 or any(not 0 < ver <= MAX_VERSION for ver, _ in pairs):
+        # Exactly what a store can hold: floors up to MAX_VERSION (a Del of the last version),
+        # versions up to LAST_VERSION.
+        if not 0 <= floor <= MAX_VERSION or any(not 0 < ver <= LAST_VERSION for ver, _ in pairs):
             raise CodecError(f"fragment of {quoted(key)} has a version out of range")
         fragments.append(Fragment(key, floor, pairs))
     return tuple(fragments)

@@ -62,9 +62,12 @@ Clock: TypeAlias = Callable[[], Version]
 
 INT64_MAX: Final = 2**63 - 1
 MAX_VERSION: Final = 253_402_300_799_999
-"""The largest version a key can hold: the last millisecond of year 9999 (docs/contract.md, "Security").
-A replication message carrying a version or floor above it is refused, so no key can be blocked for
-ever; a read may be made at any version (above every stored one, it reads the newest)."""
+"""No stored version or floor lies above it: the last millisecond of year 9999 (docs/contract.md,
+"Security"). A replication message carrying a version or floor above its bound is refused, so no key
+can be blocked for ever; a read may be made at any version (above every stored one, it reads the newest)."""
+LAST_VERSION: Final = MAX_VERSION - 1
+"""The largest version a key can hold. One below MAX_VERSION, because a Del raises the floor one above
+the newest version (SPEC 5: the floor of a Del of the last version must stay within MAX_VERSION too)."""
 BUCKETS: Final = 256
 """Digest granularity: a difference between replicas is repaired bucket by bucket."""
 
@@ -301,8 +304,8 @@ class Store:
         """Store `val` under a new version: max(now, newest + 1, floor)."""
         newest = self._newest(key)
         ver = max(self._clock(), newest.ver + 1 if newest else 0, self._floor(key))
-        if ver > MAX_VERSION:
-            raise VersionExhausted(f"key {quoted(key)} has no version left above {MAX_VERSION}")
+        if ver > LAST_VERSION:
+            raise VersionExhausted(f"key {quoted(key)} has no version left above {LAST_VERSION}")
         with self._transaction() if self.path is not None else nullcontext():
             # On disk, with the digest in the same commit; in memory one statement commits itself.
             self._db.execute(_INSERT, (key, ver, val))
@@ -315,7 +318,8 @@ class Store:
         newest = self._newest(key)
         if newest is None:
             return Entry(key, "", 0), None
-        floor = max(self._clock(), newest.ver) + 1
+        # Above both (newest <= LAST_VERSION), within MAX_VERSION even with a clock past year 9999.
+        floor = min(max(self._clock(), newest.ver) + 1, MAX_VERSION)
         with self._transaction():
             self._raise_floor(key, floor)
         return newest, Fragment(key, floor=floor)

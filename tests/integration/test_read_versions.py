@@ -13,19 +13,20 @@ from __future__ import annotations
 import pytest
 
 from kvs._gen import kvs_pb2 as pb
-from kvs.storage.store import MAX_VERSION
+from kvs.storage.store import LAST_VERSION, MAX_VERSION
 from tests.integration.conftest import Running
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-EDGES = [INT64_MIN, -1, 0, 1, 1500, MAX_VERSION, MAX_VERSION + 1, INT64_MAX]
-"""The int64 edges, the last millisecond of year 9999 and the one after it, and one between two versions."""
+EDGES = [INT64_MIN, -1, 0, 1, 1500, LAST_VERSION, MAX_VERSION, MAX_VERSION + 1, INT64_MAX]
+"""The int64 edges, the last version a key may hold, the last millisecond of year 9999 and the one
+after it, and one between two versions."""
 ASKED = [*EDGES, None]  # None: the version field absent
 
 # What `stored` writes: "a" and "b" exist ("b" up to the largest version a key may hold), "c" was
 # deleted (a tombstone: it does not exist), "m" was never written.
 MODEL: dict[str, dict[int, str]] = {
     "a": {1000: "a1", 2000: "a2"},
-    "b": {1000: "b1", MAX_VERSION: "b2"},
+    "b": {1000: "b1", LAST_VERSION: "b2"},
 }
 KEYS = ["a", "b", "c", "m"]
 
@@ -36,8 +37,8 @@ def stored(kvs: Running) -> Running:
         kvs.clock.now = clock
         assert kvs.stub.Put(pb.KeyValueRequest(key=k, val=v)).ver == clock
     kvs.stub.Del(pb.KeyRequest(key="c"))
-    kvs.clock.now = MAX_VERSION
-    assert kvs.stub.Put(pb.KeyValueRequest(key="b", val="b2")).ver == MAX_VERSION
+    kvs.clock.now = LAST_VERSION
+    assert kvs.stub.Put(pb.KeyValueRequest(key="b", val="b2")).ver == LAST_VERSION
     return kvs
 
 
@@ -71,13 +72,13 @@ def test_get_at_any_int64_version(stored: Running, at: int | None) -> None:
 
 def test_the_edges_read_as_the_contract_says(stored: Running) -> None:
     """The model's answers spelled out at the edges that matter, both not-found forms included."""
-    newest_a, newest_b = ("a", "a2", 2000), ("b", "b2", MAX_VERSION)
+    newest_a, newest_b = ("a", "a2", 2000), ("b", "b2", LAST_VERSION)
     for at in (INT64_MIN, -1, 0, MAX_VERSION + 1, INT64_MAX):
         got = [stored.stub.Get(request(k, at)) for k in KEYS]
         assert [(r.key, r.val, r.ver) for r in got] == [newest_a, newest_b, ("c", "", 0), ("m", "", 0)]
     got = [stored.stub.Get(request(k, 1)) for k in KEYS]
     assert [(r.key, r.val, r.ver) for r in got] == [("a", "", 1), ("b", "", 1), ("c", "", 0), ("m", "", 0)]
-    assert stored.stub.Get(request("b", MAX_VERSION - 1)) == pb.KeyValueVersionReply(
+    assert stored.stub.Get(request("b", LAST_VERSION - 1)) == pb.KeyValueVersionReply(
         key="b", val="b1", ver=1000
     )
 
@@ -113,7 +114,7 @@ def test_get_all_whose_largest_version_comes_last_reads_the_newest(stored: Runni
     got = list(stored.stub.GetAll(iter(stream)))
     assert [(r.key, r.val, r.ver) for r in got] == [
         ("a", "a2", 2000),
-        ("b", "b2", MAX_VERSION),
+        ("b", "b2", LAST_VERSION),
         ("c", "", 0),
         ("m", "", 0),
         ("a", "a2", 2000),

@@ -23,7 +23,7 @@ from kvs.replication.codec import (
     Transfer,
     chunks,
 )
-from kvs.storage.store import BUCKETS, MAX_VERSION, Fragment, Store
+from kvs.storage.store import BUCKETS, LAST_VERSION, MAX_VERSION, Fragment, Store
 from tests.state import everything
 
 KEY = b"k" * 32
@@ -139,14 +139,21 @@ def with_fragment(**fields: object) -> bytes:
         (with_fragment(key="k", versions=[1, 2], values=["a"]), "2 versions for 1 values"),
         (with_fragment(key="k", versions=[0], values=["a"]), "out of range"),
         (with_fragment(key="k", versions=[-4], values=["a"]), "out of range"),
-        (with_fragment(key="k", versions=[MAX_VERSION + 1], values=["a"]), "out of range"),
+        (with_fragment(key="k", versions=[MAX_VERSION], values=["a"]), "out of range"),
         (with_fragment(key="k", floor=-1), "out of range"),
-        (with_fragment(key="k", floor=MAX_VERSION + 2), "out of range"),
+        (with_fragment(key="k", floor=MAX_VERSION + 1), "out of range"),
     ],
 )
 def test_malformed_payloads_are_refused_with_a_reason(payload: bytes, reason: str) -> None:
     with pytest.raises(CodecError, match=reason):
         codec.decode(payload)
+
+
+def test_the_edges_of_the_bound_are_accepted_exactly() -> None:
+    """A Del of the last version sets floor = MAX_VERSION: accepted, and one more is not (above)."""
+    message = codec.decode(with_fragment(key="k", floor=MAX_VERSION, versions=[LAST_VERSION], values=["a"]))
+    assert isinstance(message.body, Batch)
+    assert message.body.fragments == (Fragment("k", MAX_VERSION, ((LAST_VERSION, "a"),)),)
 
 
 def test_a_digest_of_the_wrong_size_is_refused() -> None:

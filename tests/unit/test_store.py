@@ -6,7 +6,7 @@ import pytest
 
 from kvs.errors import VersionExhausted
 from kvs.replication.sending import state_pages
-from kvs.storage.store import MAX_VERSION, Entry, Fragment, Store, Written, bucket_of
+from kvs.storage.store import LAST_VERSION, MAX_VERSION, Entry, Fragment, Store, Written, bucket_of
 from tests.clock import Clock
 from tests.state import everything
 
@@ -204,12 +204,19 @@ def test_state_pages_filter_by_bucket(store: Store) -> None:
     assert "key7" in exported
 
 
-def test_no_version_beyond_the_largest(store: Store) -> None:
-    store.join([Fragment("k", versions=((MAX_VERSION, "last"),))])
+def test_no_version_beyond_the_largest_and_no_floor_beyond_the_bound(store: Store) -> None:
+    store.join([Fragment("k", versions=((LAST_VERSION, "last"),))])
     with pytest.raises(VersionExhausted):
         store.put("k", "more")
-    assert store.get("k") == Entry("k", "last", MAX_VERSION)
-    assert store.delete("k")[1] == Fragment("k", floor=MAX_VERSION + 1)
+    assert store.get("k") == Entry("k", "last", LAST_VERSION)
+    assert store.delete("k")[1] == Fragment("k", floor=MAX_VERSION)  # removes the last version too
+    assert store.get("k") == Entry("k", "", 0)
+
+
+def test_a_del_with_a_clock_past_the_bound_keeps_its_floor_within_it() -> None:
+    store = Store(lambda: MAX_VERSION + 1000)
+    store.join([Fragment("k", versions=((5, "v"),))])
+    assert store.delete("k")[1] == Fragment("k", floor=MAX_VERSION)
 
 
 def test_keys_and_values_keep_every_character(store: Store) -> None:
