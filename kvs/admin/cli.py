@@ -24,14 +24,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvs._gen import replication_pb2 as pb
 from kvs._gen import replication_pb2_grpc as pb_grpc
+from kvs.admin.parts import joined
 from kvs.client.api import KvsClientError
 from kvs.net.channel import open_channel
 from kvs.net.tls import ClientTls, TlsError
 
 
 def dump_of(channel: grpc.Channel) -> list[pb.Fragment]:
-    """Every key's full state, as the server's Dump replies (tombstones included), by key."""
-    return list(pb_grpc.AdminStub(channel).Dump(pb.DumpRequest(), timeout=60))
+    """Every key's full state, as the server's Dump replies (tombstones included), by key; a key
+    sent in several parts (a long history) joined back into one."""
+    return list(joined(pb_grpc.AdminStub(channel).Dump(pb.DumpRequest(), timeout=60)))
 
 
 def as_json(fragment: pb.Fragment) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -23,6 +23,8 @@ WATCH_BACKLOG_KEYS = 50_000
 """Keys queued at most for one Watch stream; a watcher further behind is ended."""
 DUMP_PAGE = 100
 """Keys read from the store per step of a Dump."""
+DUMP_PART_BYTES = 1 << 20
+"""Values per Dump reply at most (but one version of any size): a longer history comes in parts."""
 
 Watcher = Callable[[str, Sequence[Fragment]], None]
 """Called with (origin, fragments) after each batch from a peer is applied."""
@@ -62,13 +64,28 @@ class Replica(Protocol):
         ...
 
 
-def fragment_message(fragment: Fragment) -> pb.Fragment:
-    """The protobuf Fragment of a Dump reply: a key's floor, and its versions with their values."""
+def fragment_messages(fragment: Fragment) -> Iterator[pb.Fragment]:
+    """The Dump replies of one key's state: its floor, and its versions with their values, in
+    parts of about DUMP_PART_BYTES of values at most (kvs.admin.parts joins them again).
+
+    One version alone can take a part of its own of up to a Put's size (kvs.limits): with its
+    key and nine bytes for the version it stays within a client's 4 MiB receive limit."""
+    versions: list[tuple[int, str]] = []
+    size, floor = 0, fragment.floor
+    for ver, val in fragment.versions:
+        weight = len(val.encode())
+        if versions and size + weight > DUMP_PART_BYTES:
+            yield _message(fragment.key, floor, versions)
+            versions, size, floor = [], 0, 0
+        versions.append((ver, val))
+        size += weight
+    if versions or floor or not fragment.versions:
+        yield _message(fragment.key, floor, versions)
+
+
+def _message(key: str, floor: int, versions: list[tuple[int, str]]) -> pb.Fragment:
     return pb.Fragment(
-        key=fragment.key,
-        floor=fragment.floor,
-        versions=[ver for ver, _ in fragment.versions],
-        values=[val for _, val in fragment.versions],
+        key=key, floor=floor, versions=[ver for ver, _ in versions], values=[val for _, val in versions]
     )
 
 
@@ -103,7 +120,8 @@ class Admin(pb_grpc.AdminServicer):
         after = ""
         while page := self._store.export_page(after, DUMP_PAGE):
             for fragment in page:
-                yield fragment_message(fragment)
+                for part in fragment_messages(fragment):
+                    yield part
             after = page[-1].key
 
     async def Watch(

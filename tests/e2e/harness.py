@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvs._gen import kvs_pb2_grpc, replication_pb2, replication_pb2_grpc
+from kvs.admin.parts import joined
 from kvs.net.channel import open_channel
 from kvs.net.tls import ClientTls
 
@@ -219,9 +220,8 @@ class KvsServer(Process):
 
     def dump(self) -> list[replication_pb2.Fragment]:
         """The whole replica: every key's floor and versions, tombstones included."""
-        return list(
-            replication_pb2_grpc.AdminStub(self.channel).Dump(replication_pb2.DumpRequest(), timeout=60)
-        )
+        parts = replication_pb2_grpc.AdminStub(self.channel).Dump(replication_pb2.DumpRequest(), timeout=60)
+        return list(joined(parts))  # a long history comes in several parts
 
     def health(self) -> int | None:
         try:

@@ -12,7 +12,9 @@ import pytest
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import replication_pb2 as rpb
 from kvs._gen import replication_pb2_grpc as rpb_grpc
+from kvs.admin.cli import dump_of
 from kvs.admin.service import WATCH_BACKLOG_KEYS, Admin
+from kvs.limits import MAX_REPLY_BYTES, MAX_REQUEST_BYTES
 from kvs.net.channel import open_channel
 from kvs.server.main import Server
 from kvs.service.replicated import DELETE_PAGE, PAGE_KEYS, ReplicatedStore
@@ -218,3 +220,27 @@ def test_a_watcher_too_far_behind_is_ended_with_resource_exhausted(
     with pytest.raises(grpc.RpcError) as raised:
         list(stream)
     check(raised.value, grpc.StatusCode.RESOURCE_EXHAUSTED, "watcher fell behind")
+
+
+def test_dump_of_a_history_past_4_mib_streams_it_in_parts_that_readers_join(
+    admin: tuple[Store, FakeReplica, grpc.Channel], loop: asyncio.AbstractEventLoop
+) -> None:
+    store, _, channel = admin
+    big = MAX_REQUEST_BYTES - 100  # one value as large as a Put may bring
+    history = Fragment("long", 5, tuple((v, chr(ord("a") + v) * big) for v in range(10, 13)))
+    state = [Fragment("after", 0, ((1, "x"),)), history, Fragment("before", 0, ((1, "y"),))]
+
+    async def load() -> None:
+        store.join(state)
+
+    asyncio.run_coroutine_threadsafe(load(), loop).result(10)
+    parts = list(rpb_grpc.AdminStub(channel).Dump(rpb.DumpRequest(), timeout=30))
+    assert all(part.ByteSize() <= MAX_REPLY_BYTES for part in parts)
+    assert [p.key for p in parts].count("long") >= 3  # one message could not hold it
+    whole = dump_of(channel)
+    assert [(f.key, f.floor, list(f.versions)) for f in whole] == [
+        ("after", 0, [1]),
+        ("before", 0, [1]),
+        ("long", 5, [10, 11, 12]),
+    ]
+    assert list(whole[2].values) == [v for _, v in history.versions]
