@@ -26,6 +26,7 @@ from kvs._gen import replication_pb2 as pb
 from kvs._gen import replication_pb2_grpc as pb_grpc
 from kvs.admin.parts import joined
 from kvs.client.api import KvsClientError
+from kvs.limits import quoted
 from kvs.net.channel import open_channel
 from kvs.net.tls import ClientTls, TlsError
 
@@ -229,7 +230,8 @@ def compare(dumps: Sequence[Sequence[pb.Fragment]], servers: Sequence[str]) -> i
         differing = differing_keys(dumps[0], dump)
         if differing:
             same = False
-            print(f"{server} differs from {servers[0]} on {len(differing)} key(s), e.g. {differing[:5]}")
+            examples = ", ".join(quoted(key) for key in differing[:5])
+            print(f"{server} differs from {servers[0]} on {len(differing)} key(s), e.g. [{examples}]")
     if same:
         print(f"identical: {len(dumps[0])} keys (tombstones included) on {', '.join(servers)}")
     return 0 if same else 1

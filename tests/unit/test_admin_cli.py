@@ -40,3 +40,11 @@ def test_compare_says_which_server_differs_and_exits_1(capsys: pytest.CaptureFix
 def test_dump_prints_a_key_its_floor_and_its_version_value_pairs() -> None:
     assert json.loads(as_json(MINE[1])) == {"key": "b", "floor": 5, "versions": [[20, "y"], [30, "z"]]}
     assert json.loads(as_json(fragment("é", v7=""))) == {"key": "é", "floor": 0, "versions": [[7, ""]]}
+
+
+def test_compare_quotes_a_short_prefix_of_a_long_key(capsys: pytest.CaptureFixture[str]) -> None:
+    long = "k" * 2**20
+    assert compare([[], [pb.Fragment(key=long, floor=5)]], ["s1", "s2"]) == 1
+    out = capsys.readouterr().out
+    assert len(out) < 200
+    assert f"({2**20} characters)" in out
