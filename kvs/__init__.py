@@ -1,7 +1,7 @@
 """kvs: a replicated, multi-version key-value store over gRPC and MQTT.
 
 `kvs.Client` (kvs/client/api.py) is the Python client. It is imported on first use,
-so that the pure modules (`import kvs.store`, `kvs.replication.codec`) do not load gRPC.
+so that the pure modules (`import kvs.storage.store`, `kvs.replication.codec`) do not load gRPC.
 """
 
 from __future__ import annotations

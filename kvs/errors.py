@@ -1,7 +1,7 @@
 """One exception hierarchy for kvs; each boundary translates it once.
 
 The gRPC service maps `KvsError` subclasses to status codes through one table
-(`kvs.service.STATUS`); replication logs and drops a `CodecError`.
+(`kvs.service.kvstore.STATUS`); replication logs and drops a `CodecError`.
 """
 
 

@@ -33,7 +33,7 @@ largest key, the largest value) and the byte after them.
 from __future__ import annotations
 
 MAX_REPLY_BYTES = 4 * 1024 * 1024
-"""The receive limit of every client channel (kvs.channel): gRPC's default, stated."""
+"""The receive limit of every client channel (kvs.net.channel): gRPC's default, stated."""
 
 REPLY_OVERHEAD_BYTES = 2 * (1 + 7)
 """What a reply adds at most over the request its key and value came in: two int64 fields."""

@@ -1,5 +1,5 @@
-"""A deterministic simulation of a kvs cluster: the real sync core (kvs.sync) and
-the real store (kvs.store) on N replicas, wired to an in-memory broker that
+"""A deterministic simulation of a kvs cluster: the real sync core (kvs.replication.sync) and
+the real store (kvs.storage.store) on N replicas, wired to an in-memory broker that
 drops, duplicates, delays and reorders messages, restarts (losing retained
 messages and sessions), and disconnects replicas. Replicas crash and restart,
 with a disk (they keep their store) or without (they start empty).

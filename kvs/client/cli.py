@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 
 # gRPC's C core logs TLS handshake failures on stderr by itself; this client says
-# each failure in one line of its own. Set before gRPC is loaded (by kvs.api).
+# each failure in one line of its own. Set before gRPC is loaded (by kvs.client.api).
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import argparse

@@ -184,7 +184,7 @@ class EmbeddedBroker:
         self._process: subprocess.Popen[bytes] | None = None  # set when this server started it
         self.fresh = False
         """Whether this server started the broker while no other server of this machine used one:
-        then nobody can hold state that it must wait for (kvs.sync)."""
+        then nobody can hold state that it must wait for (kvs.replication.sync)."""
 
     @property
     def address(self) -> Address:

@@ -43,7 +43,7 @@ READ_BURST = 256
 """Packets read at most in one turn of the loop, so that gRPC calls still get theirs."""
 BACKOFF = (0.25, 0.5, 1.0)
 """Seconds before each reconnection attempt; the last one repeats (the cap). A server that joins
-waits for a restarted broker to be up longer than the last (kvs.sync.SETTLE), so keep it short."""
+waits for a restarted broker to be up longer than the last (kvs.replication.sync.SETTLE), so keep it short."""
 JITTER = 0.2
 """Each wait is up to this fraction shorter, so that servers that lost one broker do not dial in step."""
 CONNECT_TIMEOUT = 15.0

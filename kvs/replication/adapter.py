@@ -61,7 +61,7 @@ class Replicator:
     ) -> None:
         self.node_id, self.cluster, self.broker = node_id, cluster, broker
         self.caught_up = asyncio.Event()
-        """Set once this server holds its peers' state (kvs.sync's joining rule)."""
+        """Set once this server holds its peers' state (kvs.replication.sync's joining rule)."""
         self._store, self._codec = store, Codec(cluster, node_id, key, epoch=now_ms(), clock=now_ms)
         self._sync = Sync(node_id, sync_interval, epoch=self._codec.epoch, fresh=fresh)
         self._topics = Topics(cluster, node_id)
@@ -136,7 +136,7 @@ class Replicator:
             self._kept.add(seq, chunk)
             if self._session.writes_in_flight >= window:
                 self._drops.drop("queue_full", "the write window is full: the peers will ask for them")
-                continue  # its number is skipped: the peers notice and ask (kvs.sync)
+                continue  # its number is skipped: the peers notice and ask (kvs.replication.sync)
             payload = self._codec.batch(chunk, seq)
             self._session.publish(self._topics.route("batch"), payload, write=True)
             self._metrics.batch_sent(len(payload))
@@ -215,7 +215,7 @@ class Replicator:
                 self._metrics.peers_up(len(self.peers))
                 self._metrics.peers_differing(sum(p.differs(ours) for p in self._sync.peers.values()))
 
-    # The session's events (kvs.session), on the event loop -------------------------------
+    # The session's events (kvs.mqtt.session), on the event loop -------------------------------
 
     def on_connected(self) -> None:
         self._run(self._sync.connected_to_broker(time.monotonic()))

@@ -9,7 +9,7 @@ number: each rule has a unit test (tests/unit/test_sync.py), and a simulated
 broker that drops, duplicates, reorders and restarts checks the guarantees
 over many schedules (tests/sim.py). The rules, at length in docs/replication.md:
 
-- Only members count: the codec checked each message's tag, and kvs.peers
+- Only members count: the codec checked each message's tag, and kvs.replication.peers
   drops replays and forgets peers that left and went silent.
 - A joiner serves once every present peer has answered its request
   completely, and the broker has been up SETTLE seconds (after a restart, the
@@ -34,7 +34,7 @@ from kvs.replication.peers import Digests, Peers, differing
 
 SETTLE: Final = 3.0
 """Seconds a broker must have been up before its retained presences are trusted to be complete;
-longer than the longest reconnection backoff (kvs.mqtt.BACKOFF)."""
+longer than the longest reconnection backoff (kvs.mqtt.loop.BACKOFF)."""
 HEARTBEAT_ROUNDS: Final = 12
 """An unchanged digest still goes out once in this many sync intervals."""
 RETRY_ROUNDS: Final = 2
@@ -49,7 +49,9 @@ class Sync:
 
     node_id: str
     interval: float = 5.0
-    epoch: int = 0  # this run's (kvs.codec): request numbers start there, so no earlier run's answer fits
+    epoch: int = (
+        0  # this run's (kvs.replication.codec): request numbers start there, so no earlier run's answer fits
+    )
     fresh: bool = False  # this server started the broker and nobody else uses it: nobody to wait for
     settle: float = SETTLE
     peers: Peers = field(default_factory=Peers)

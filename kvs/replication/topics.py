@@ -26,7 +26,10 @@ class Topics:
     node_id: str
 
     def route(self, route: str) -> str:
-        """The topic of a route of kvs.actions: "batch", "digest", "presence", or a peer's id (its inbox)."""
+        """The topic of an action's route (kvs.replication.actions).
+
+        A route is "batch", "digest", "presence", or a peer's id (its inbox).
+        """
         if route in ("batch", "digest"):
             return f"{self.cluster}/{route}"
         if route == "presence":

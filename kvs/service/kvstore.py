@@ -1,7 +1,7 @@
 """The gRPC servicer: validate -> store -> reply (docs/contract.md, "The calls").
 
 Runs on the server's asyncio event loop, the one thread that owns the store
-(kvs/server/main.py). It writes through `ReplicatedStore` (kvs.replicated), which
+(kvs/server/main.py). It writes through `ReplicatedStore` (kvs.service.replicated), which
 publishes every accepted mutation and does large ones in bounded steps; no
 handler publishes anything itself. Errors are translated once, through `STATUS`.
 """
@@ -194,7 +194,7 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
     async def PutAll(
         self, request_iterator: AsyncIterator[pb.KeyValueRequest], context: Context
     ) -> AsyncIterator[pb.PutReply]:
-        # Requests that arrived together share a commit (kvs.durable; one by one in memory).
+        # Requests that arrived together share a commit (kvs.storage.durable; one by one in memory).
         async for requests in self._store.ahead(request_iterator, pb.KeyValueRequest.ByteSize):
             done, refused = await self._group(requests, lambda r: self._store.put(_key(r), r.val, wait=False))
             for written in done:

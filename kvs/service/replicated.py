@@ -58,7 +58,7 @@ async def _one_by_one(requests: AsyncIterator[R]) -> AsyncIterator[list[R]]:
 
 
 class Commits(Protocol):
-    """Makes accepted writes durable (kvs.durable.GroupCommit): `durable()` returns once every write
+    """Makes accepted writes durable (kvs.storage.durable.GroupCommit): `durable()` returns once every write
     so far is; `ahead()` groups a stream's requests so that one commit answers several."""
 
     async def durable(self) -> None: ...
@@ -180,12 +180,12 @@ class ReplicatedStore:
         return kept
 
     async def durable(self) -> None:
-        """Returns once every write so far is durable (kvs.durable; at once in memory)."""
+        """Returns once every write so far is durable (kvs.storage.durable; at once in memory)."""
         await self._durable()
 
     def ahead(self, requests: AsyncIterator[R], size: Callable[[R], int]) -> AsyncIterator[list[R]]:
         """A stream's requests in groups of those already received, so that one commit answers a
-        group (kvs.durable); one by one in memory."""
+        group (kvs.storage.durable); one by one in memory."""
         return self._commits.ahead(requests, size) if self._commits is not None else _one_by_one(requests)
 
     # Internals ---------------------------------------------------------------

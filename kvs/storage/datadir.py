@@ -1,6 +1,6 @@
 """The --data-dir: what it holds, who may use it, and the checks before a store opens.
 
-    DIR/kvs.sqlite        the store (kvs.store): SQLite, WAL mode, with kvs's application id
+    DIR/kvs.sqlite        the store (kvs.storage.store): SQLite, WAL mode, with kvs's application id
     DIR/kvs.sqlite-wal    SQLite's write-ahead log, and -shm its index (SQLite's own files)
     DIR/lock              held with flock() by the server using DIR: its pid, then the number
                           of the last commit it made (`record_commit`)

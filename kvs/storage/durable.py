@@ -1,7 +1,7 @@
 """Group commit: a write is acknowledged only once it is committed to disk.
 
 The store runs on the event loop (kvs.server). On disk, the first write of a
-turn of the loop opens a transaction (kvs.store calls `_opened`), which
+turn of the loop opens a transaction (kvs.storage.store calls `_opened`), which
 schedules one COMMIT with `loop.call_soon`: that runs after every callback
 already ready in this turn, so all the writes the loop accepted meanwhile
 (gRPC calls, batches and transfers from peers) share one commit. A writer

@@ -31,10 +31,10 @@ times as much, and it orders keys byte-wise (UTF-8 in BINARY collation) for
 ranges. A per-bucket digest (XOR of one 64-bit hash per version and per floor)
 is kept up to date on every change, so replicas can compare their state cheaply.
 
-With a `path` (--data-dir, kvs.datadir) the same tables live in an SQLite file
+With a `path` (--data-dir, kvs.storage.datadir) the same tables live in an SQLite file
 in WAL mode, and the digest is saved with every commit (table `digest`), so a
 restart reads 256 rows instead of rehashing every version. On disk a write
-leaves its transaction open when `defer_commits` was called (kvs.durable's
+leaves its transaction open when `defer_commits` was called (kvs.storage.durable's
 group commit ends it); otherwise each change commits at once, as in memory.
 """
 
@@ -348,7 +348,7 @@ class Store:
     def drop_below(self, key: str, below: Version, limit: int) -> int:
         """Remove the oldest versions of `key` under `below`, at most `limit`; returns how many.
 
-        Part of a floor raise done in steps (kvs.replicated): oldest first, so a read
+        Part of a floor raise done in steps (kvs.service.replicated): oldest first, so a read
         between two steps gets either the answer from before the change or the one
         after it. The floor is not touched; the change that follows raises it.
         """
@@ -409,7 +409,7 @@ class Store:
     def defer_commits(self, on_begin: Callable[[], None]) -> None:
         """From now on a write that opens a transaction calls `on_begin` and leaves it
         open: whoever called this ends it with `commit()`, and checkpoints the WAL
-        into the file itself (kvs.durable.GroupCommit, off the event loop)."""
+        into the file itself (kvs.storage.durable.GroupCommit, off the event loop)."""
         self._on_begin = on_begin
         self._db.execute("PRAGMA wal_autocheckpoint = 0")
 
@@ -434,7 +434,7 @@ class Store:
                 self._on_commit(self.commits)
 
     def checkpoint(self) -> None:
-        """Copies what the WAL still holds into the file, between transactions (kvs.durable)."""
+        """Copies what the WAL still holds into the file, between transactions (kvs.storage.durable)."""
         if not self._db.in_transaction:
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
@@ -454,7 +454,7 @@ class Store:
             yield
             return
         self._db.execute("BEGIN")
-        if self._on_begin is not None:  # group commit: kvs.durable commits it later
+        if self._on_begin is not None:  # group commit: kvs.storage.durable commits it later
             self._on_begin()
             yield
             return

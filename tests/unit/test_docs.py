@@ -6,7 +6,8 @@
 - every other `--flag` in README.md and docs/*.md belongs to some parser of kvs or
   scripts/, or to a named outside tool;
 - every file path the docs name (`kvs/...`, `tests/...`, `scripts/...`, `proto/...`,
-  `docs/...`) exists;
+  `docs/...`) exists, and every dotted name (`kvs.storage.store`, `kvs.Client`) that the
+  docs or the comments and docstrings of kvs/ name can be imported;
 - no doc says a feature is "coming", "not built" or true only "as of this version":
   docs say what the code does now.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import re
 from collections.abc import Callable, Iterator
@@ -30,6 +32,8 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 PATH = re.compile(r"(?<![\w./-])(?:kvs|tests|scripts|proto|docs)/[\w./-]*\w")
+DOTTED = re.compile(r"(?<![\w./-])kvs(?:\.[A-Za-z_]\w*)+")
+FILE_NAMES = {"kvs.sqlite", "kvs.proto"}  # DIR/kvs.sqlite, proto/kvs.proto
 UNBUILT = re.compile(r"\bcoming\b|as of this version|not (?:yet )?built|to be confirmed", re.IGNORECASE)
 
 OUTSIDE_FLAGS = {
@@ -187,3 +191,39 @@ def test_the_server_help_is_what_the_table_was_checked_against() -> None:
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
         main(["--help"])
     assert set(FLAG.findall(out.getvalue())) - {"--help"} == server_flags()
+
+
+def resolves(dotted: str) -> bool:
+    """Whether `dotted` is a module of kvs, or an attribute reached from the longest one."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        try:
+            found: object = importlib.import_module(".".join(parts[:end]))
+        except ImportError:
+            continue
+        for name in parts[end:]:
+            if not hasattr(found, name):
+                return False
+            found = getattr(found, name)
+        return True
+    return False
+
+
+def code_lines() -> Iterator[tuple[Path, int, str]]:
+    """The lines of kvs/ that are not imports (where dotted names are prose: comments, docstrings)."""
+    for path in sorted(ROOT.joinpath("kvs").rglob("*.py")):
+        if "_gen" in path.parts:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.lstrip().startswith(("import ", "from ")):
+                yield path, number, line
+
+
+def test_every_module_the_docs_and_docstrings_name_exists() -> None:
+    unknown = [
+        f"{where(path, number)}: {name}"
+        for path, number, line in [*doc_lines(), *code_lines()]
+        for name in DOTTED.findall(line)
+        if name not in FILE_NAMES and not resolves(name)
+    ]
+    assert not unknown, "no such module or attribute:\n" + "\n".join(unknown)

@@ -1,4 +1,4 @@
-"""The write path (kvs.replicated): what is published, and large operations in slices."""
+"""The write path (kvs.service.replicated): what is published, and large operations in slices."""
 
 from __future__ import annotations
 
