@@ -23,7 +23,7 @@ one line (`DataDirError`) and the server exits 1 (kvs.server).
 
 A cut write-ahead log (a copy interrupted, a disk that lost its tail) loses
 commits silently: SQLite stops at the first frame that does not check out.
-So the store counts its commits (kvs.store, `Store.commits`) and the server
+So the store counts its commits (kvs.storage.store, `Store.commits`) and the server
 writes that count into DIR/lock after each commit; at the next start, a store
 whose count is below the one in the lock file lost the commits in between, and
 `lost_commits` says how many (the server logs it in one line; what the peers

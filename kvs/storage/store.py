@@ -208,7 +208,7 @@ CREATE TABLE IF NOT EXISTS digest (
 _SAVE_DIGEST = "INSERT OR REPLACE INTO digest (bucket, hash) VALUES (?, ?)"
 _COMMITS_ROW: Final = -1
 """The digest table's row that holds, instead of a hash, how many commits the file has had
-(kvs.datadir compares it with the count the server recorded: a cut write-ahead log)."""
+(kvs.storage.datadir compares it with the count the server recorded: a cut write-ahead log)."""
 _ALL_ROWS = "SELECT 'f', key, floor, '' FROM floors UNION ALL SELECT 'v', key, ver, val FROM versions"
 
 _HASH_HEADER = struct.Struct("<cIq")  # kind (b"v" version, b"f" floor), key length, version
@@ -403,7 +403,7 @@ class Store:
     # Transactions (files) ----------------------------------------------------
 
     def on_commit(self, committed: Callable[[int], None]) -> None:
-        """Calls `committed(n)` after each commit to the file, n being `commits` (kvs.datadir)."""
+        """Calls `committed(n)` after each commit to the file, n being `commits` (kvs.storage.datadir)."""
         self._on_commit = committed
 
     def defer_commits(self, on_begin: Callable[[], None]) -> None:
