@@ -7,6 +7,7 @@ server starts. Real ./server.sh and mosquitto processes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -14,6 +15,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -153,7 +155,7 @@ def test_a_broker_of_this_account_or_a_system_one_on_the_default_port_is_used_wi
     processes: Processes,
 ) -> None:
     """As the course's set-up expects: a system mosquitto on localhost:1883 is the broker."""
-    broker = processes.new_broker()  # this account's: trusted as a system service's would be
+    broker = processes.new_broker()  # run as root, mosquitto becomes the user mosquitto: a system service
     env = {"KVS_BROKER": f"localhost:{broker.port}"}
     s1 = processes.server("s1", env=env)
     s2 = processes.server("s2", env=env)
@@ -265,3 +267,29 @@ def assert_starts(data: Path) -> None:
     """A server with `data` gets past its checks (it then stops: there is no broker)."""
     done = run_server(data, "c")
     assert "Falha ao se conectar com o broker" in done.stderr, done.stderr
+
+
+def test_a_squatter_who_takes_the_port_after_the_system_broker_stops_gets_nothing_on_reconnection(
+    processes: Processes, other_account: Account
+) -> None:
+    broker = processes.new_broker()  # run as root, mosquitto becomes the user mosquitto: a system service
+    env = {"KVS_BROKER": f"localhost:{broker.port}"}
+    s1 = processes.server("s1", env=env)
+    broker.stop()
+    wait_for("s1 to see the broker gone", lambda: "broker connection lost" in s1.log())
+    s1.stub.Put(pb.KeyValueRequest(key="k", val="written-while-away"))  # queued for the broker
+    recorder = squat(other_account, broker.port)
+    try:
+        # s1 dials again every second or so; the squatter's recorder writes what each dial sent.
+        with contextlib.suppress(AssertionError):
+            wait_for(
+                "s1 to refuse the squatter", lambda: "not this account or a system" in s1.log(), timeout=8
+            )
+        time.sleep(1.5)  # the recorder writes a connection's bytes once it is closed or quiet for 1 s
+    finally:
+        received = stop(recorder)
+    assert set(received.splitlines()) <= {b""}, received  # connections, but not one byte on them
+    assert "not this account or a system service" in s1.log()
+    again = processes.new_broker(port=broker.port)
+    wait_for("s1 to reconnect", lambda: s1.log().count("broker connected") >= 2)
+    assert again.running()
