@@ -2,7 +2,8 @@
 
 - docs/operations.md's "Server flags" table names exactly the flags of the server's own
   parser (what `./server.sh -h` prints), and every `./server.sh`, `./client.sh` or
-  `scripts/admin.sh` command line in the docs uses only that program's flags;
+  `scripts/admin.sh` command in the docs (in a code block or a code span) uses only that
+  program's flags;
 - every other `--flag` in README.md and docs/*.md belongs to some parser of kvs or
   scripts/, or to a named outside tool;
 - every file path the docs name (`kvs/...`, `tests/...`, `scripts/...`, `proto/...`,
@@ -68,12 +69,13 @@ def caught_parser(run: Callable[[], object]) -> argparse.ArgumentParser:
 
 
 def flags_of(parser: argparse.ArgumentParser) -> set[str]:
-    return {
-        option
-        for action in parser._actions
-        for option in action.option_strings
-        if option.startswith("--") and option != "--help"
-    }
+    """The parser's long options, its subcommands' included."""
+    flags = {option for action in parser._actions for option in action.option_strings}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                flags |= flags_of(sub)
+    return {flag for flag in flags if flag.startswith("--") and flag != "--help"}
 
 
 def server_flags() -> set[str]:
@@ -113,6 +115,19 @@ def doc_lines() -> Iterator[tuple[Path, int, str]]:
             pending = ""
 
 
+def command_texts() -> Iterator[tuple[Path, int, str]]:
+    """What may hold a command: each line of a fenced block, and each `code span` of prose."""
+    fenced = False
+    for doc, number, line in doc_lines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif fenced:
+            yield doc, number, line
+        else:
+            for span in re.findall(r"`([^`]+)`", line):
+                yield doc, number, span
+
+
 def where(doc: Path, number: int) -> str:
     return f"{doc.relative_to(ROOT)}:{number}"
 
@@ -146,7 +161,7 @@ def test_command_lines_in_the_docs_use_only_their_programs_flags() -> None:
     }
     wrong = [
         f"{where(doc, number)}: {program} has no {flag}"
-        for doc, number, line in doc_lines()
+        for doc, number, line in command_texts()
         for program, known in programs.items()
         for flags in commands(line, program)
         for flag in flags
