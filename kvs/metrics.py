@@ -23,7 +23,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, Final, Literal, Protocol, TypeAlias, get_args
+from typing import Any, Final, Literal, TypeAlias, get_args
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -45,86 +45,56 @@ DropReason: TypeAlias = Literal[
     "malformed",  # not a kvs payload: undecodable, a field out of range, or too large
     "foreign",  # another cluster's, or a format this server cannot read
     "misrouted",  # the wrong kind for its topic, another server's presence, or our own id from elsewhere
-    "unauthenticated",  # no valid tag made with the cluster key (docs/contract.md, "Security": coming)
-    "replayed",  # a valid message seen before (docs/contract.md, "Security": coming)
-    "queue_full",  # one of ours that the MQTT client's full publish queue refused (anti-entropy repairs it)
+    "unauthenticated",  # no valid tag made with the cluster key (docs/security.md)
+    "replayed",  # a validly tagged message seen before, or from an earlier run of its sender
 ]
-"""Why a replication message was dropped: a fixed set, so that a hostile sender cannot mint label values."""
+"""Why a received replication message was dropped: a fixed set, so that a hostile sender cannot
+mint label values."""
 DROP_REASONS: Final[tuple[DropReason, ...]] = get_args(DropReason)
 
 
-class ReplicationMetrics(Protocol):
-    """What the replication adapter reports, one call per event. `NO_METRICS` when metrics are off."""
+class ReplicationMetrics:
+    """What the replication adapter reports, one call per event. This base records nothing (it is
+    `NO_METRICS`, for when metrics are off); `Metrics` counts."""
 
     def batch_sent(self, nbytes: int) -> None:
-        """A Batch message published, of `nbytes` payload bytes."""
+        """One of our Batch messages published, of `nbytes` payload bytes."""
 
-    def batch_received(self, nbytes: int) -> None:
-        """A Batch message from a peer applied, of `nbytes` payload bytes."""
+    def batch_skipped(self) -> None:
+        """One of our batches not published: the write window was full (kvs.replication.sending)."""
+
+    def batch_applied(self, nbytes: int) -> None:
+        """A peer's Batch message, of `nbytes` payload bytes, joined into the store (replays never are)."""
 
     def dropped(self, reason: DropReason) -> None:
-        """A message dropped (received and refused, or ours refused by a full queue)."""
+        """A message received and dropped."""
 
-    def repair_started(self) -> None:
-        """This server started a repair: it sent a peer its state of buckets found differing."""
+    def repair_started(self, buckets: int) -> None:
+        """This server started a repair: it sends a peer its state of `buckets` buckets that differed
+        the same way in two periodic digests."""
 
-    def buckets_repaired(self, count: int) -> None:
-        """`count` buckets sent to a peer by a repair (the same call site as `repair_started`)."""
+    def lost_batches_answered(self, resent: bool) -> None:
+        """This server answers a peer that lost some of its batches: with its kept batches (`resent`),
+        or, no longer kept, with its state of the buckets that differ."""
 
-    def peers_up(self, count: int) -> None:
-        """The number of peers known to be up, after it changed."""
-
-    def peers_differing(self, count: int) -> None:
-        """How many peers' latest digest differed from ours, after each digest received."""
+    def peers(self, up: int, differing: int) -> None:
+        """The peers known to be up, and those whose latest periodic digest differed from ours when it
+        came, changed to these counts."""
 
     def caught_up(self, seconds: float) -> None:
         """Seconds from the replicator's start until it held its peers' state (once per start)."""
 
     def lag(self, seconds: float) -> None:
-        """Now minus the send time carried in a batch, at its apply (negative, from clock skew: 0)."""
+        """Now minus the send time carried in a batch, once it is applied (negative, from clock skew: 0)."""
 
     def broker(self, address: str, connected: bool) -> None:
         """The broker in use, and whether this server is connected to it (subscriptions accepted)."""
 
 
-class NoMetrics:
-    """`ReplicationMetrics` that records nothing: the replicator's default."""
-
-    def batch_sent(self, nbytes: int) -> None:
-        pass
-
-    def batch_received(self, nbytes: int) -> None:
-        pass
-
-    def dropped(self, reason: DropReason) -> None:
-        pass
-
-    def repair_started(self) -> None:
-        pass
-
-    def buckets_repaired(self, count: int) -> None:
-        pass
-
-    def peers_up(self, count: int) -> None:
-        pass
-
-    def peers_differing(self, count: int) -> None:
-        pass
-
-    def caught_up(self, seconds: float) -> None:
-        pass
-
-    def lag(self, seconds: float) -> None:
-        pass
-
-    def broker(self, address: str, connected: bool) -> None:
-        pass
+NO_METRICS: Final = ReplicationMetrics()
 
 
-NO_METRICS: Final[ReplicationMetrics] = NoMetrics()
-
-
-class Metrics:
+class Metrics(ReplicationMetrics):
     """One server's metrics: its registry, the gRPC interceptor, the replication reports, the endpoint."""
 
     def __init__(self, stats: Callable[[], Stats] | None = None) -> None:
@@ -144,29 +114,58 @@ class Metrics:
             buckets=RPC_BUCKETS,
             registry=r,
         )
-        self._batches_sent = Counter("kvs_replication_batches_sent", "Batch messages published", registry=r)
+        self._batches_sent = Counter(
+            "kvs_replication_batches_sent", "Batch messages this server published", registry=r
+        )
         self._bytes_sent = Counter(
-            "kvs_replication_bytes_sent", "Payload bytes of the batches published", registry=r
+            "kvs_replication_bytes_sent",
+            "Payload bytes of the Batch messages this server published",
+            registry=r,
         )
-        self._batches_received = Counter(
-            "kvs_replication_batches_received", "Batch messages applied from peers", registry=r
+        self._batches_skipped = Counter(
+            "kvs_replication_batches_skipped",
+            "Batches of this server not published because the write window was full (its peers ask for them)",
+            registry=r,
         )
-        self._bytes_received = Counter(
-            "kvs_replication_bytes_received", "Payload bytes of the batches applied", registry=r
+        self._batches_applied = Counter(
+            "kvs_replication_batches_applied",
+            "Batch messages from peers joined into the store (replays and dropped messages excluded)",
+            registry=r,
+        )
+        self._bytes_applied = Counter(
+            "kvs_replication_bytes_applied", "Payload bytes of the Batch messages applied", registry=r
         )
         self._dropped = Counter(
             "kvs_replication_messages_dropped",
-            "Replication messages dropped, by reason",
+            "Replication messages received and dropped, by reason",
             ["reason"],
             registry=r,
         )
-        self._repairs = Counter("kvs_replication_repairs_started", "Repairs this server started", registry=r)
-        self._buckets = Counter(
-            "kvs_replication_buckets_repaired", "Buckets sent to peers by repairs", registry=r
+        self._repairs = Counter(
+            "kvs_replication_repairs_started",
+            "Repairs this server started (buckets that differed from a peer's the same way in two digests)",
+            registry=r,
         )
-        self._peers = Gauge("kvs_replication_peers_up", "Peers known to be up", registry=r)
+        self._buckets = Counter(
+            "kvs_replication_buckets_repaired",
+            "Buckets whose state this server sent in the repairs it started",
+            registry=r,
+        )
+        self._lost = Counter(
+            "kvs_replication_lost_batches_answered",
+            "Requests for lost batches this server answered, by what it sent: its kept batches, or its state",
+            ["sent"],
+            registry=r,
+        )
+        self._peers = Gauge(
+            "kvs_replication_peers_up",
+            "Peers this server knows to be up (present), as of the last arrival or departure",
+            registry=r,
+        )
         self._differing = Gauge(
-            "kvs_replication_peers_differing", "Peers whose latest digest differed from ours", registry=r
+            "kvs_replication_peers_differing",
+            "Peers whose latest periodic digest differed from this server's state when it arrived",
+            registry=r,
         )
         self._catch_up = Gauge(
             "kvs_replication_catch_up_seconds",
@@ -193,6 +192,8 @@ class Metrics:
         self._broker_address: str | None = None
         for reason in DROP_REASONS:
             self._dropped.labels(reason)  # every reason shows, at 0, from the first scrape
+        for sent in ("batches", "state"):
+            self._lost.labels(sent)
         if stats is not None:
             r.register(StoreCollector(stats, asyncio.get_running_loop()))
         self._calls: dict[tuple[str, grpc.StatusCode], Any] = {}  # label children, looked up once
@@ -235,24 +236,26 @@ class Metrics:
         self._batches_sent.inc()
         self._bytes_sent.inc(nbytes)
 
-    def batch_received(self, nbytes: int) -> None:
-        self._batches_received.inc()
-        self._bytes_received.inc(nbytes)
+    def batch_skipped(self) -> None:
+        self._batches_skipped.inc()
+
+    def batch_applied(self, nbytes: int) -> None:
+        self._batches_applied.inc()
+        self._bytes_applied.inc(nbytes)
 
     def dropped(self, reason: DropReason) -> None:
         self._dropped.labels(reason).inc()
 
-    def repair_started(self) -> None:
+    def repair_started(self, buckets: int) -> None:
         self._repairs.inc()
+        self._buckets.inc(buckets)
 
-    def buckets_repaired(self, count: int) -> None:
-        self._buckets.inc(count)
+    def lost_batches_answered(self, resent: bool) -> None:
+        self._lost.labels("batches" if resent else "state").inc()
 
-    def peers_up(self, count: int) -> None:
-        self._peers.set(count)
-
-    def peers_differing(self, count: int) -> None:
-        self._differing.set(count)
+    def peers(self, up: int, differing: int) -> None:
+        self._peers.set(up)
+        self._differing.set(differing)
 
     def caught_up(self, seconds: float) -> None:
         self._catch_up.set(seconds)

@@ -52,7 +52,7 @@ class Events(Protocol):
     def on_connected(self) -> None: ...
     def on_lost(self) -> None: ...
     def on_subscribed(self) -> None: ...
-    def on_message(self, message: mqtt.MQTTMessage) -> None: ...
+    def on_message(self, topic: str, payload: bytes, retained: bool) -> None: ...
 
 
 def _guarded(callback: Callable[P, None]) -> Callable[P, None]:
@@ -68,7 +68,18 @@ def _guarded(callback: Callable[P, None]) -> Callable[P, None]:
     return wrapper
 
 
+def opener(
+    broker: Address, auth: BrokerAuth
+) -> Callable[[str, tuple[str, bytes], list[tuple[str, int, bool]], Events], Session]:
+    """Makes sessions with `broker` (a kvs.replication.transport.Opener)."""
+    return lambda client_id, will, subscriptions, events: Session(
+        client_id, broker, auth, will=will, subscriptions=subscriptions, events=events
+    )
+
+
 class Session:
+    """A kvs.replication.transport.Transport over paho."""
+
     def __init__(
         self,
         client_id: str,
@@ -95,7 +106,9 @@ class Session:
         client.on_connect = _guarded(self._on_connect)
         client.on_disconnect = _guarded(self._on_disconnect)
         client.on_subscribe = _guarded(self._on_subscribe)
-        client.on_message = _guarded(lambda c, u, message: events.on_message(message))
+        client.on_message = _guarded(
+            lambda c, u, message: events.on_message(message.topic, bytes(message.payload), message.retain)
+        )
         client.on_publish = _guarded(lambda c, u, mid, reason, properties: self._writes.discard(mid))
         self._client = client
         self._writes: set[int] = set()  # the mids of writes the broker has not acknowledged yet

@@ -19,6 +19,12 @@ class Publish:
     retain: bool = False
 
 
+SendKind = Literal["answer", "lost", "repair", "repair_reply"]
+"""Why state is sent: an answer to a request for the buckets that differ (a joiner's, or after a
+reconnection); an answer to a request for lost batches (`since`); a repair this server starts
+(two periodic digests differed the same way); the reply to a peer's repair (its `send_back`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SendState:
     """Send `peer` this server's state of `buckets` (None: all), then call `Sync.sent(peer)`."""
@@ -28,6 +34,7 @@ class SendState:
     send_back: frozenset[int] = frozenset()
     answers: int = 0
     since: int = 0  # or, if this server still keeps them, its batches from this number on
+    kind: SendKind = "answer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +45,21 @@ class Apply:
     fragments: tuple[Fragment, ...]
     batch: bool = False
     sent_ms: int = 0  # the sender's clock when it published the batch (replication lag)
+    size: int = 0  # the payload's bytes (a batch's, for the metrics)
 
 
 @dataclass(frozen=True, slots=True)
 class Serve:
     """This server holds its peers' state: report SERVING."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCounts:
+    """The peers known to be up, and those whose latest periodic digest differed from ours when it
+    came, changed to these."""
+
+    up: int
+    differing: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,4 +70,4 @@ class Note:
     drop: str = ""
 
 
-Action = Publish | SendState | Apply | Serve | Note
+Action = Publish | SendState | Apply | Serve | PeerCounts | Note

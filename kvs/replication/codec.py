@@ -91,6 +91,7 @@ class Message:
     counter: int = 0
     sent_ms: int = 0
     to: str = ""  # the server it was signed for ("": everyone)
+    size: int = 0  # the payload's bytes, as received
 
 
 class Codec:
@@ -198,9 +199,8 @@ class Codec:
         if not envelope.epoch or not envelope.counter:
             raise CodecError("message without an epoch and counter")
         body_ = _body(envelope)
-        return Message(
-            envelope.origin, body_, envelope.epoch, envelope.counter, envelope.sent_ms, envelope.to
-        )
+        e = envelope
+        return Message(e.origin, body_, e.epoch, e.counter, e.sent_ms, e.to, len(payload))
 
 
 def _body(envelope: pb.Envelope) -> Body:

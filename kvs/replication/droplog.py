@@ -1,4 +1,5 @@
-"""Rate-limited log lines for dropped messages: a flood of junk costs a few lines, not one each."""
+"""Rate-limited log lines for dropped messages: a flood of junk costs a few lines, not one each.
+(The metrics count every one: kvs.metrics, `dropped` and `batch_skipped`.)"""
 
 from __future__ import annotations
 
@@ -6,9 +7,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Final, cast
-
-from kvs.metrics import NO_METRICS, DropReason, ReplicationMetrics
+from typing import Final
 
 log = logging.getLogger(__name__)
 
@@ -20,17 +19,15 @@ class DropLog:
     """The first drop of a reason is logged at once; the rest of that reason are counted and said in
     one summary line when LOG_EVERY seconds have passed (`flush`, called on every sync tick)."""
 
-    def __init__(
-        self, metrics: ReplicationMetrics = NO_METRICS, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._metrics, self._clock = metrics, clock
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._counts: Counter[str] = Counter()
         self._latest: dict[str, str] = {}
         self._last: dict[str, float] = {}
 
     def drop(self, reason: str, detail: str) -> None:
-        """`reason`: one of kvs.metrics.DropReason; `detail`: this message's, for the log."""
-        self._metrics.dropped(cast(DropReason, reason))
+        """`reason`: a fixed string (kvs.metrics.DropReason, or our own batches' "write window full");
+        `detail`: this message's, for the log."""
         self._counts[reason] += 1
         self._latest[reason] = detail
         self.flush(reason)

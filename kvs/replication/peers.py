@@ -68,6 +68,10 @@ class Peer:
         """Whether its last periodic digest differs from `ours`."""
         return self.digests is not None and self.digests[0] != ours
 
+    def differed(self) -> bool:
+        """Whether its last periodic digest differed from ours when it came."""
+        return self.digests is not None and self.digests[0] != self.digests[1]
+
     def part_received(self, transfer: Transfer) -> bool | None:
         """Counts a transfer's part; at its last part, whether every part came (else None)."""
         transfer_id, parts = self.incoming

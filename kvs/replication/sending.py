@@ -1,19 +1,30 @@
-"""What a server sends a peer that asks: its recent batches again, or pages of its state. Pure.
+"""What a server sends: which of its batches it publishes, and what it sends a peer that asks
+(its recent batches again, or pages of its state). No IO but the store's reads.
 
-A peer that noticed a batch number skipped asks for the batches since; a server
-keeps its recent batches (`Kept`, bounded) so that it can send exactly those.
-When they are gone, or the peer asks for buckets, the state of those buckets
-is read a page at a time (fresh queries: writes go on between two pages).
+A batch is published unless the write window is full (the broker has not
+acknowledged WRITE_WINDOW of them, or AWAY_WINDOW while it is away): then it is
+kept but not published, and its number is skipped; the peers notice the gap and
+ask. A peer that noticed a batch number skipped asks for the batches since; a
+server keeps its recent batches (`Kept`, bounded) so that it can send exactly
+those. When they are gone, or the peer asks for buckets, the state of those
+buckets is read a page at a time (fresh queries: writes go on between two pages).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
+from kvs.replication.actions import SendState
 from kvs.replication.codec import weight_of
 from kvs.storage.store import Fragment, Store, bucket_of
+
+WRITE_WINDOW: Final = 1_000
+"""Our batches the broker may leave unacknowledged; past it a batch is not published (its number
+is skipped, and the peers ask for it again)."""
+AWAY_WINDOW: Final = 100
+"""The same while the broker is away (the MQTT client holds them until it is back)."""
 
 KEPT: Final = 16 * 1024 * 1024
 """Characters of its recent batches a server keeps, to send again to a peer that lost some."""
@@ -49,3 +60,24 @@ def state_pages(store: Store, buckets: frozenset[int] | None) -> Iterator[Fragme
     while buckets != frozenset() and (page := store.export_page(after, PAGE_KEYS)):
         yield from (f for f in page if buckets is None or bucket_of(f.key) in buckets)
         after = page[-1].key
+
+
+class Outbox:
+    """Our batches: numbered (by the sync core's `next_seq`), kept, and published unless the write
+    window is full."""
+
+    def __init__(self, next_seq: Callable[[], int], kept: Kept | None = None) -> None:
+        self._next_seq = next_seq
+        self._kept = kept or Kept()
+
+    def batch(self, fragments: list[Fragment], in_flight: int, connected: bool) -> tuple[int, bool]:
+        """Numbers and keeps a batch, given the writes the broker has not acknowledged and whether it
+        is connected; returns its number and whether to publish it."""
+        seq = self._next_seq()
+        self._kept.add(seq, fragments)
+        return seq, in_flight < (WRITE_WINDOW if connected else AWAY_WINDOW)
+
+    def state(self, send: SendState, store: Store) -> tuple[Iterable[Fragment], bool]:
+        """What to send for `send`, and whether that is our kept batches again (else pages of our state)."""
+        kept = self._kept.since(send.since)
+        return (kept, True) if kept is not None else (state_pages(store, send.buckets), False)

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-from kvs.replication.actions import Action, Apply, Note, Publish, SendState, Serve
+from kvs.replication.actions import Action, Apply, Note, PeerCounts, Publish, SendKind, SendState, Serve
 from kvs.replication.codec import Batch, Digest, Message, Presence, Transfer
 from kvs.replication.peers import Digests, Peers, differing
 
@@ -66,6 +66,7 @@ class Sync:
     _requests: Iterator[int] = field(init=False)
     _published: Digests | None = None
     _quiet: int = 0
+    _counts: tuple[int, int] = (0, 0)  # the PeerCounts last reported
 
     def __post_init__(self) -> None:
         self._requests = itertools.count(self.epoch + 1)
@@ -114,8 +115,15 @@ class Sync:
         note = Note(f"joining: waiting for the state of {present}" if present else "joining")
         return [note, Publish("digest", Digest(ours, request, self.batch_seq)), *self._check_serving(now)]
 
-    def message(self, message: Message, now: float, ours: Digests) -> list[Action]:
-        """A message from another server, already authenticated by the codec."""
+    def message(self, message: Message, now: float, ours: Digests, retained: bool = False) -> list[Action]:
+        """A message, already authenticated by the codec (and checked against its topic, kvs.topics);
+        `retained`: the broker's retained copy, sent on subscribing."""
+        if message.origin == self.node_id:  # only our presence comes back to us (MQTT no-local)
+            fresh = not retained and message.body == Presence(up=True)  # the echo, not a retained copy
+            return self.own_presence(now, ours) if fresh else []
+        return self._counted(self._message(message, now, ours))
+
+    def _message(self, message: Message, now: float, ours: Digests) -> list[Action]:
         origin, body = message.origin, message.body
         if isinstance(body, Presence) and not body.up:
             return self._left(message, now)
@@ -125,7 +133,7 @@ class Sync:
         if peer is None:
             return [Note(f"dropped a replayed message from {origin}", drop="replayed")]
         if isinstance(body, Batch):
-            apply = Apply(origin, body.fragments, batch=True, sent_ms=message.sent_ms)
+            apply = Apply(origin, body.fragments, batch=True, sent_ms=message.sent_ms, size=message.size)
             return [apply, *self._batch_seen(origin, body.seq, now, ours)]
         if isinstance(body, Digest):
             return self._digest(origin, body, now, ours)
@@ -168,7 +176,7 @@ class Sync:
             return actions  # nothing to repair, the peer with the smaller id repairs, or we wait for it
         peer.sending, self.last_repair = True, now
         note = Note(f"repairing {len(stuck)} bucket(s) with {origin}")
-        return [*actions, note, SendState(origin, stuck, send_back=stuck)]
+        return [*actions, note, SendState(origin, stuck, send_back=stuck, kind="repair")]
 
     def _transfer(self, origin: str, transfer: Transfer, now: float, ours: Digests) -> list[Action]:
         peer = self.peers[origin]
@@ -183,7 +191,7 @@ class Sync:
                 actions += self._ask(origin, now, ours, since=since)
         if complete and transfer.send_back and not peer.sending:
             peer.sending, self.last_repair = True, now
-            actions.append(SendState(origin, transfer.send_back))
+            actions.append(SendState(origin, transfer.send_back, kind="repair_reply"))
         return actions + self._check_serving(now)
 
     def sent(self, peer_name: str, now: float, ours: Digests) -> list[Action]:
@@ -200,12 +208,15 @@ class Sync:
             peer.pending = request
             return []
         peer.sending = True
-        return [
-            SendState(origin, differing(ours, request.buckets), answers=request.request, since=request.since)
-        ]
+        kind: SendKind = "lost" if request.since else "answer"
+        buckets = differing(ours, request.buckets)
+        return [SendState(origin, buckets, answers=request.request, since=request.since, kind=kind)]
 
     def tick(self, now: float, ours: Digests) -> list[Action]:
         """Called every sync interval (with jitter)."""
+        return self._counted(self._tick(now, ours))
+
+    def _tick(self, now: float, ours: Digests) -> list[Action]:
         actions = self._check_serving(now)
         if not self.connected:
             return actions
@@ -224,6 +235,15 @@ class Sync:
             self._published, self._quiet = ours, 0
             actions.append(Publish("digest", Digest(ours, 0, self.batch_seq)))
         return actions
+
+    def _counted(self, actions: list[Action]) -> list[Action]:
+        """`actions`, and the peers' counts if they changed."""
+        peers = self.peers.values()
+        counts = (sum(p.present for p in peers), sum(p.differed() for p in peers))
+        if counts == self._counts:
+            return actions
+        self._counts = counts
+        return [*actions, PeerCounts(*counts)]
 
     def poll(self, now: float) -> list[Action]:
         """While joining, call often: serving may begin as soon as the broker has settled."""

@@ -30,8 +30,10 @@ from kvs.errors import BrokerRefused, BrokerUnreachable, ConfigError, DataDirErr
 from kvs.limits import MAX_REQUEST_BYTES
 from kvs.metrics import NO_METRICS, Metrics
 from kvs.mqtt.broker import Address, BrokerAuth, EmbeddedBroker, private_password_path
+from kvs.mqtt.session import opener
 from kvs.net.tls import ServerTls
 from kvs.replication.adapter import Replicator
+from kvs.replication.sync import Sync
 from kvs.server.settings import Settings, parse_args
 from kvs.service.kvstore import SERVICE_NAME, KeyValueStore, add_to_server
 from kvs.service.replicated import ReplicatedStore
@@ -172,15 +174,13 @@ async def serve(settings: Settings) -> int:
             print(f"{BROKER_ERROR} ({settings.broker}: {error})", file=sys.stderr)
             return 1
         metrics = Metrics(store.stats) if settings.metrics_port is not None else None
+        fresh = bool(embedded and embedded.fresh)
         replicator = Replicator(
             store,
+            Sync(settings.node_id, settings.sync_interval, epoch=now_ms(), fresh=fresh),
             settings.cluster,
-            settings.node_id,
-            broker,
             settings.cluster_key,
-            sync_interval=settings.sync_interval,
-            fresh=bool(embedded and embedded.fresh),
-            auth=auth,
+            opener(broker, auth),
             metrics=metrics or NO_METRICS,
         )
         address = f"{settings.listen}:{settings.port}"

@@ -30,16 +30,18 @@ def test_replication_methods_move_their_metrics_by_what_they_are_told() -> None:
     reports: ReplicationMetrics = metrics  # the typed interface the replication adapter calls
     reports.batch_sent(100)
     reports.batch_sent(50)
-    reports.batch_received(7)
+    reports.batch_skipped()
+    reports.batch_applied(7)
     reports.dropped("malformed")
     reports.dropped("malformed")
-    reports.dropped("queue_full")
-    reports.repair_started()
-    reports.buckets_repaired(3)
-    reports.buckets_repaired(2)
-    reports.peers_up(2)
-    reports.peers_up(1)
-    reports.peers_differing(1)
+    reports.dropped("replayed")
+    reports.repair_started(3)
+    reports.repair_started(2)
+    reports.lost_batches_answered(resent=True)
+    reports.lost_batches_answered(resent=False)
+    reports.lost_batches_answered(resent=False)
+    reports.peers(up=2, differing=0)
+    reports.peers(up=1, differing=1)
     reports.caught_up(1.25)
     reports.lag(0.0015)
     reports.lag(0.2)
@@ -47,12 +49,15 @@ def test_replication_methods_move_their_metrics_by_what_they_are_told() -> None:
 
     assert value(metrics, "kvs_replication_batches_sent_total") == 2
     assert value(metrics, "kvs_replication_bytes_sent_total") == 150
-    assert value(metrics, "kvs_replication_batches_received_total") == 1
-    assert value(metrics, "kvs_replication_bytes_received_total") == 7
+    assert value(metrics, "kvs_replication_batches_skipped_total") == 1
+    assert value(metrics, "kvs_replication_batches_applied_total") == 1
+    assert value(metrics, "kvs_replication_bytes_applied_total") == 7
     assert value(metrics, "kvs_replication_messages_dropped_total", reason="malformed") == 2
-    assert value(metrics, "kvs_replication_messages_dropped_total", reason="queue_full") == 1
-    assert value(metrics, "kvs_replication_repairs_started_total") == 1
+    assert value(metrics, "kvs_replication_messages_dropped_total", reason="replayed") == 1
+    assert value(metrics, "kvs_replication_repairs_started_total") == 2
     assert value(metrics, "kvs_replication_buckets_repaired_total") == 5
+    assert value(metrics, "kvs_replication_lost_batches_answered_total", sent="batches") == 1
+    assert value(metrics, "kvs_replication_lost_batches_answered_total", sent="state") == 2
     assert value(metrics, "kvs_replication_peers_up") == 1
     assert value(metrics, "kvs_replication_peers_differing") == 1
     assert value(metrics, "kvs_replication_catch_up_seconds") == 1.25
@@ -76,16 +81,19 @@ def test_two_servers_in_one_process_count_apart() -> None:
     assert value(second, "kvs_replication_batches_sent_total") == 0
 
 
-def test_the_null_metrics_take_every_call() -> None:
+def test_the_null_metrics_take_every_call_and_metrics_overrides_each() -> None:
     NO_METRICS.batch_sent(1)
-    NO_METRICS.batch_received(1)
+    NO_METRICS.batch_skipped()
+    NO_METRICS.batch_applied(1)
     NO_METRICS.dropped("foreign")
-    NO_METRICS.repair_started()
-    NO_METRICS.buckets_repaired(1)
-    NO_METRICS.peers_up(1)
-    NO_METRICS.peers_differing(1)
+    NO_METRICS.repair_started(1)
+    NO_METRICS.lost_batches_answered(resent=True)
+    NO_METRICS.peers(1, 0)
     NO_METRICS.caught_up(1.0)
     NO_METRICS.lag(1.0)
+    reports = [name for name in vars(ReplicationMetrics) if not name.startswith("_")]
+    assert len(reports) == 9
+    assert [name for name in reports if name not in vars(Metrics)] == []  # none counted by nobody
 
 
 def test_store_stats_count_keys_versions_and_tombstones() -> None:

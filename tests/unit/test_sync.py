@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kvs.replication.actions import Action, Apply, Note, Publish, SendState, Serve
+from kvs.replication.actions import Action, Apply, Note, PeerCounts, Publish, SendState, Serve
 from kvs.replication.codec import Batch, Body, Digest, Message, Presence, Transfer
 from kvs.replication.sync import SETTLE, Sync
 from kvs.storage.store import BUCKETS, Fragment
@@ -23,7 +23,7 @@ class Peer:
 
 
 def kinds(actions: list[Action]) -> list[str]:
-    return [type(a).__name__ for a in actions if not isinstance(a, Note)]
+    return [type(a).__name__ for a in actions if not isinstance(a, Note | PeerCounts)]
 
 
 def joined(sync: Sync, *peers: Peer, now: float = 0.0) -> list[Action]:
@@ -144,7 +144,7 @@ def test_a_bucket_is_repaired_once_it_differs_the_same_way_twice_and_by_the_smal
     assert kinds(sync.message(s2.says(Digest(ONE)), 1.0, ZERO)) == []  # too early to tell
     actions = sync.message(s2.says(Digest(ONE)), 2.0, ZERO)
     assert [a for a in actions if isinstance(a, SendState)] == [
-        SendState("s2", frozenset({0}), frozenset({0}))
+        SendState("s2", frozenset({0}), frozenset({0}), kind="repair")
     ]
     other = Sync("s3")
     joined(other)
@@ -218,7 +218,7 @@ def test_a_lost_batch_is_asked_for_by_number_and_answered_with_the_batches_kept(
     [send] = [
         a for a in sync.message(s2.says(Digest(ZERO, 11, since=40)), 1.4, ZERO) if isinstance(a, SendState)
     ]
-    assert (send.answers, send.since) == (11, 40)
+    assert (send.answers, send.since, send.kind) == (11, 40, "lost")  # not a repair (kvs.metrics)
 
 
 def test_an_unechoed_presence_is_published_again() -> None:
@@ -288,3 +288,47 @@ def test_after_a_reconnection_an_outstanding_request_is_asked_again_at_once() ->
     sync.subscribed(21.0)
     [(route, asked)] = sent_requests(sync.own_presence(21.1, ZERO))
     assert (route, asked.since) == ("a", 2)
+
+
+def test_state_sent_says_why_a_repair_its_reply_an_answer_or_lost_batches() -> None:
+    s1, s2 = Sync("s1"), Sync("s2")
+    joined(s1)
+    joined(s2)
+    p1, p2 = Peer("s1"), Peer("s2")
+    s1.message(p2.says(Digest(ONE)), 1.0, ZERO)
+    [repair] = [a for a in s1.message(p2.says(Digest(ONE)), 2.0, ZERO) if isinstance(a, SendState)]
+    assert repair.kind == "repair"
+    transfer = Transfer((), True, repair.send_back, 1, 0, 1)
+    [reply] = [a for a in s2.message(p1.says(transfer), 2.1, ONE) if isinstance(a, SendState)]
+    assert (reply.kind, reply.buckets) == ("repair_reply", frozenset({0}))
+    s1.sent("s2", 2.5, ZERO)
+    [answer] = [a for a in s1.message(p2.says(Digest(ONE, 7)), 3.0, ZERO) if isinstance(a, SendState)]
+    assert (answer.kind, answer.since) == ("answer", 0)
+
+
+def test_the_peer_counts_are_reported_when_they_change_and_only_then() -> None:
+    sync, s2, s3 = Sync("s1"), Peer("s2"), Peer("s3")
+    joined(sync)
+
+    def counts(actions: list[Action]) -> list[PeerCounts]:
+        return [a for a in actions if isinstance(a, PeerCounts)]
+
+    assert counts(sync.message(s2.says(Presence()), 1.0, ZERO)) == [PeerCounts(up=1, differing=0)]
+    assert counts(sync.message(s3.says(Presence()), 1.0, ZERO)) == [PeerCounts(up=2, differing=0)]
+    assert counts(sync.message(s2.says(Digest(ZERO)), 1.1, ZERO)) == []  # the same: not again
+    assert counts(sync.message(s2.says(Digest(ONE)), 2.0, ZERO)) == [PeerCounts(up=2, differing=1)]
+    assert counts(sync.tick(2.5, ONE)) == []  # ours changed since: a count changes only on arrivals
+    assert counts(sync.message(s2.says(Digest(ONE)), 3.0, ONE)) == [PeerCounts(up=2, differing=0)]
+    assert counts(sync.message(s3.says(Presence(up=False)), 3.1, ONE)) == [PeerCounts(up=1, differing=0)]
+    assert counts(sync.tick(1000.0, ONE)) == [PeerCounts(up=0, differing=0)]  # s2 forgotten: silent
+
+
+def test_only_the_echo_of_our_own_presence_counts_not_its_retained_copy() -> None:
+    sync = Sync("s1")
+    sync.connected_to_broker(0.0)
+    sync.broker_uptime(1000, 0.0)
+    sync.subscribed(0.0)
+    ours = Message("s1", Presence(), epoch=5, counter=1)
+    assert sync.message(ours, 0.1, ZERO, retained=True) == []  # from an earlier connection
+    assert "Serve" in kinds(sync.message(ours, 0.2, ZERO))  # the echo: nobody else is up
+    assert sync.message(ours, 0.3, ZERO) == []  # once per connection

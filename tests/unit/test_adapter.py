@@ -1,0 +1,169 @@
+"""The Replicator over a transport the test holds: each metric moves on its event, and only then."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from kvs.metrics import Metrics
+from kvs.replication.adapter import Replicator
+from kvs.replication.codec import Codec, Digest
+from kvs.replication.sending import WRITE_WINDOW
+from kvs.replication.sync import Sync
+from kvs.replication.transport import Listener, Subscriptions
+from kvs.storage.store import BUCKETS, Fragment, Store
+from tests.clock import Clock
+from tests.sim import SimClock, SimLoop
+
+CLUSTER, KEY = "c", b"key"
+ZERO = (0,) * BUCKETS
+
+
+class Transport:
+    """Records what the replicator publishes; the test plays the broker."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+        self.connected = True
+        self.writes_in_flight = 0
+        self.listener: Listener | None = None
+
+    def open(
+        self, client_id: str, will: tuple[str, bytes], subs: Subscriptions, listener: Listener
+    ) -> Transport:
+        self.listener = listener
+        return self
+
+    async def connect(self) -> None:
+        pass
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False, write: bool = False) -> None:
+        self.published.append((topic, payload))
+
+    def hold(self, held: bool) -> None:
+        pass
+
+    async def stop(self, goodbye: tuple[str, bytes]) -> None:
+        pass
+
+
+class World:
+    """One replicator "s1" (metrics on), and a peer "s2" whose messages the test makes."""
+
+    def __init__(self, loop: SimLoop) -> None:
+        self.loop = loop
+        self.transport = Transport()
+        self.metrics = Metrics()
+        self.store = Store(Clock())
+        core = Sync("s1", 1.0, epoch=100, fresh=True)
+        self.replicator = Replicator(
+            self.store, core, CLUSTER, KEY, self.transport.open, clock=SimClock(loop), metrics=self.metrics
+        )
+        self.s2 = Codec(CLUSTER, "s2", KEY, epoch=200, clock=lambda: 1)
+
+    async def join(self) -> None:
+        """Connects, sees s2's presence, then its own presence echo: it serves."""
+        await self.replicator.start()
+        self.replicator.on_connected()
+        self.replicator.on_subscribed()
+        self.hear(f"{CLUSTER}/peers/s2", self.s2.presence())
+        await self.settle()
+        [(topic, ours)] = [(t, p) for t, p in self.transport.published if t == f"{CLUSTER}/peers/s1"]
+        self.hear(topic, ours)  # the echo: s1 asks s2 for its state (request 101: its epoch + 1)
+        await self.settle()
+        for answer in self.s2.transfer([], answers=101, to="s1"):
+            self.hear(f"{CLUSTER}/to/s1", answer)
+        await self.settle()
+        assert self.replicator.caught_up.is_set()
+
+    def hear(self, topic: str, payload: bytes) -> None:
+        self.replicator.on_message(topic, payload, False)
+
+    async def settle(self) -> None:
+        await asyncio.sleep(0.01)  # simulated: the work queue runs
+
+    def value(self, name: str, **labels: str) -> float:
+        text = generate_latest(self.metrics.registry).decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+        raise KeyError(name)
+
+
+def run(scenario: Callable[[World], Coroutine[Any, Any, None]]) -> None:
+    loop = SimLoop()
+
+    async def main() -> None:
+        world = World(loop)
+        await world.join()
+        await scenario(world)
+        await world.replicator.stop()
+        await world.settle()
+
+    loop.run_until_complete(main())
+    loop.close()
+
+
+def test_a_batch_counts_as_applied_once_and_its_replay_as_dropped() -> None:
+    async def scenario(w: World) -> None:
+        batch = w.s2.batch([Fragment("k", 0, ((5, "v"),))], seq=1)
+        w.hear(f"{CLUSTER}/batch", batch)
+        w.hear(f"{CLUSTER}/batch", batch)  # the broker sends it again (QoS 1), or someone replays it
+        w.hear(f"{CLUSTER}/batch", b"\x02" + bytes(40))  # no valid tag
+        await w.settle()
+        assert w.store.get("k").val == "v"
+        assert w.value("kvs_replication_batches_applied_total") == 1
+        assert w.value("kvs_replication_bytes_applied_total") == len(batch)
+        assert w.value("kvs_replication_messages_dropped_total", reason="replayed") == 1
+        assert w.value("kvs_replication_messages_dropped_total", reason="unauthenticated") == 1
+
+    run(scenario)
+
+
+def test_a_lost_batch_answer_is_no_repair_and_a_repair_counts_its_buckets() -> None:
+    async def scenario(w: World) -> None:
+        inbox = f"{CLUSTER}/to/s1"
+        w.replicator.publish([Fragment("a", 0, ((1, "x"),))])  # our batch 1, kept
+        await w.settle()
+        w.hear(inbox, w.s2.digest(Digest(ZERO, request=5, since=1), to="s1"))  # s2 lost it
+        await w.settle()
+        assert w.value("kvs_replication_lost_batches_answered_total", sent="batches") == 1
+        assert w.value("kvs_replication_repairs_started_total") == 0
+        differs = (1,) * 3 + (0,) * (BUCKETS - 3)
+        w.hear(f"{CLUSTER}/digest", w.s2.digest(Digest(differs)))
+        assert w.value("kvs_replication_peers_differing") == 0  # not yet applied: counted on the loop
+        await w.settle()
+        assert w.value("kvs_replication_peers_differing") == 1
+        assert w.value("kvs_replication_repairs_started_total") == 0  # once is not yet stuck
+        w.hear(f"{CLUSTER}/digest", w.s2.digest(Digest(differs)))
+        await w.settle()
+        assert w.value("kvs_replication_repairs_started_total") == 1
+        assert w.value("kvs_replication_buckets_repaired_total") == 3
+        assert w.value("kvs_replication_lost_batches_answered_total", sent="batches") == 1
+
+    run(scenario)
+
+
+def test_peers_up_moves_when_a_peer_comes_and_goes_and_a_full_window_skips_a_batch() -> None:
+    async def scenario(w: World) -> None:
+        assert w.value("kvs_replication_peers_up") == 1
+        w.hear(f"{CLUSTER}/peers/s2", w.s2.presence(up=False))
+        await w.settle()
+        assert w.value("kvs_replication_peers_up") == 0
+        w.transport.writes_in_flight = WRITE_WINDOW
+        w.replicator.publish([Fragment("a", 0, ((1, "x"),))])
+        await w.settle()
+        assert w.value("kvs_replication_batches_skipped_total") == 1
+        assert w.value("kvs_replication_batches_sent_total") == 0
+        w.transport.writes_in_flight = 0
+        w.replicator.publish([Fragment("b", 0, ((1, "x"),))])
+        await w.settle()
+        assert w.value("kvs_replication_batches_sent_total") == 1
+        assert w.value("kvs_replication_batches_applied_total") == 0  # ours are not applied here
+
+    run(scenario)
