@@ -151,6 +151,7 @@ class SimSession:
         self, replica: Replica, will: tuple[str, bytes], subscriptions: Subscriptions, listener: Listener
     ) -> None:
         self.replica, self.name, self.will = replica, replica.name, will
+        self.broker = "the simulated broker"
         self.filters = [(topic, no_local) for topic, _, no_local in subscriptions]
         self.listener = listener
         self.dead = False  # its process crashed, or it stopped

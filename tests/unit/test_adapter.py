@@ -28,6 +28,7 @@ class Transport:
 
     def __init__(self) -> None:
         self.published: list[tuple[str, bytes]] = []
+        self.broker = "test"
         self.connected = True
         self.writes_in_flight = 0
         self.listener: Listener | None = None

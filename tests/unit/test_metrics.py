@@ -91,8 +91,9 @@ def test_the_null_metrics_take_every_call_and_metrics_overrides_each() -> None:
     NO_METRICS.peers(1, 0)
     NO_METRICS.caught_up(1.0)
     NO_METRICS.lag(1.0)
+    NO_METRICS.broker("localhost:1883", connected=True)
     reports = [name for name in vars(ReplicationMetrics) if not name.startswith("_")]
-    assert len(reports) == 9
+    assert len(reports) == 10
     assert [name for name in reports if name not in vars(Metrics)] == []  # none counted by nobody
 
 
