@@ -46,9 +46,9 @@ from kvs.replication.sync import Sync
 from kvs.replication.topics import UPTIME
 from kvs.replication.transport import Listener, Subscriptions
 from kvs.storage.store import Fragment, Store
+from tests.state import everything
 
 CLUSTER, KEY = "sim", b"simulated cluster key"
-PAGE = 1000
 
 
 class SimLoop(asyncio.BaseEventLoop):
@@ -504,12 +504,7 @@ class Cluster:
 
 def state(store: Store) -> dict[str, Fragment]:
     """Everything `store` holds, by key (through its public pages)."""
-    held: dict[str, Fragment] = {}
-    after = ""
-    while page := store.export_page(after, PAGE):
-        held.update((fragment.key, fragment) for fragment in page)
-        after = page[-1].key
-    return held
+    return {fragment.key: fragment for fragment in everything(store)}
 
 
 def covers(held: dict[str, Fragment], fragment: Fragment) -> bool:

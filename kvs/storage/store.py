@@ -44,7 +44,7 @@ import hashlib
 import sqlite3
 import struct
 import zlib
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import groupby
@@ -190,12 +190,6 @@ _VALUE = "SELECT val FROM versions WHERE key = ? AND ver = ?"
 _REPLACE = "UPDATE versions SET val = ? WHERE key = ? AND ver = ?"
 _SET_FLOOR = "INSERT INTO floors (key, floor) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET floor = ?2"
 _DROP_BELOW = "DELETE FROM versions WHERE key = ? AND ver < ? RETURNING ver, val"
-_EXPORT = """
-SELECT key, floor, NULL, NULL FROM floors
-UNION ALL
-SELECT key, NULL, ver, val FROM versions
-ORDER BY 1
-"""
 _KEY_COUNT = "SELECT count(*) FROM (SELECT DISTINCT key FROM versions)"
 
 # In a file only: each bucket's digest as of the last commit (a signed 64-bit integer).
@@ -381,17 +375,6 @@ class Store:
     def digest(self) -> tuple[int, ...]:
         """One 64-bit hash per bucket; equal digests mean equal state (collisions aside)."""
         return tuple(self._digest)
-
-    def export(self, buckets: Collection[int] | None = None) -> Iterator[Fragment]:
-        """The whole state of the given buckets (all: None), one fragment per key, by key.
-
-        Consume it before the next write: it reads the live tables. Only tests/sim.py still calls
-        it (production reads `export_page`, and so do the other tests, through tests/state.py);
-        it goes when the simulation reads pages too.
-        """
-        for fragment in _fragments(self._db.execute(_EXPORT)):
-            if buckets is None or bucket_of(fragment.key) in buckets:
-                yield fragment
 
     def rebuild_digest(self) -> None:
         """Recomputes every bucket's digest from the rows (and saves it, on disk)."""
