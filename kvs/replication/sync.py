@@ -116,8 +116,8 @@ class Sync:
         return [note, Publish("digest", Digest(ours, request, self.batch_seq)), *self._check_serving(now)]
 
     def message(self, message: Message, now: float, ours: Digests, retained: bool = False) -> list[Action]:
-        """A message, already authenticated by the codec (and checked against its topic, kvs.replication.topics);
-        `retained`: the broker's retained copy, sent on subscribing."""
+        """A message, already authenticated by the codec and checked against its topic
+        (kvs.replication.topics); `retained`: the broker's retained copy, sent on subscribing."""
         if message.origin == self.node_id:  # only our presence comes back to us (MQTT no-local)
             fresh = not retained and message.body == Presence(up=True)  # the echo, not a retained copy
             return self.own_presence(now, ours) if fresh else []
