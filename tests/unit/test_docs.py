@@ -1,7 +1,8 @@
 """The docs against the code: flags, paths and promises that can be checked are.
 
 - docs/operations.md's "Server flags" table names exactly the flags of the server's own
-  parser (what `./server.sh -h` prints), and every `./server.sh`, `./client.sh` or
+  parser (what `./server.sh -h` prints), docs/contract.md's client table those of
+  `./client.sh -h`, and every `./server.sh`, `./client.sh` or
   `scripts/admin.sh` command in the docs (in a code block or a code span) uses only that
   program's flags;
 - every other `--flag` in README.md and docs/*.md belongs to some parser of kvs or
@@ -38,7 +39,7 @@ FILE_NAMES = {"kvs.sqlite", "kvs.proto"}  # DIR/kvs.sqlite, proto/kvs.proto
 UNBUILT = re.compile(r"\bcoming\b|as of this version|not (?:yet )?built|to be confirmed", re.IGNORECASE)
 
 OUTSIDE_FLAGS = {
-    "--dev": "compile.sh (a shell script: the tests' and checks' packages too)",
+    "--dev": "compile.sh (a shell script: the packages of the tests and checks too)",
     "--strict": "mypy",
     "--gil": "py-spy",
     "--system": "useradd",
@@ -132,18 +133,28 @@ def where(doc: Path, number: int) -> str:
     return f"{doc.relative_to(ROOT)}:{number}"
 
 
-def operations_flag_table() -> set[str]:
-    text = (ROOT / "docs" / "operations.md").read_text()
-    assert "\n## Server flags\n" in text, 'docs/operations.md has no "## Server flags" section'
-    section = text.split("\n## Server flags\n", 1)[1].split("\n## ", 1)[0]
+def flag_table(doc: str, heading: str) -> set[str]:
+    """The flags in the first column of the tables under `heading` (up to the next heading)."""
+    text = (ROOT / "docs" / doc).read_text()
+    assert f"\n{heading}\n" in text, f'docs/{doc} has no "{heading}" section'
+    section = re.split(r"\n#+ ", text.split(f"\n{heading}\n", 1)[1], maxsplit=1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| `--")]
     return {flag for row in rows for flag in FLAG.findall(row.split("|")[1])}
+
+
+def operations_flag_table() -> set[str]:
+    return flag_table("operations.md", "## Server flags")
 
 
 def test_the_operations_table_names_every_server_flag_and_no_other() -> None:
     documented, parsed = operations_flag_table(), server_flags()
     assert not parsed - documented, f"server flags missing from docs/operations.md: {parsed - documented}"
     assert not documented - parsed, f"docs/operations.md names flags the server lacks: {documented - parsed}"
+
+
+def test_the_contract_table_names_every_client_flag_and_no_other() -> None:
+    documented, parsed = flag_table("contract.md", "## The command line"), flags_of(client_parser())
+    assert documented == parsed, f"docs/contract.md lacks {parsed - documented}, names {documented - parsed}"
 
 
 def commands(line: str, program: str) -> Iterator[list[str]]:
