@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets kvs up on this machine; safe to run again (a rerun with nothing to do takes a second).
-#   1. Debian packages: python3-venv if Python lacks venv, and mosquitto (the MQTT broker).
+#   1. Debian packages: python3-venv if Python lacks venv, and mosquitto (the MQTT broker);
+#      with --dev, chromium and chromium-driver (headless browser tests of scripts/admin.sh web).
 #   2. .venv with the pinned packages of requirements.txt (--dev: requirements-dev.txt).
 #   3. The Python stubs in kvs/_gen, generated from proto/.
 # Usage: ./compile.sh [--dev]
@@ -13,6 +14,10 @@ req=requirements.txt
 missing=()
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
+if [[ $req == requirements-dev.txt ]]; then  # the live view's browser tests (tests/e2e/test_web.py)
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
+fi
 if ((${#missing[@]})); then
     echo "compile.sh: installing Debian packages: ${missing[*]}" >&2
     sudo=()

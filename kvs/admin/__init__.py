@@ -5,5 +5,7 @@ The service may import the store; it reads the replica only through `Replica`, s
 imports no replication code. The command line is a gRPC client only: it imports
 `kvs.net`, `kvs.client.api` and the generated stubs, never the store, replication or
 MQTT code, and no module of kvs imports it (scripts/admin.sh runs `python -m
-kvs.admin.cli`). tests/unit/test_layout.py checks both from the imports.
+kvs.admin.cli`). tests/unit/test_layout.py checks both from the imports. The live view
+(`web`, run by `admin.sh web`; `view`, its pure part; its page in `static/`) is a
+client in the same way, on aiohttp and gRPC aio.
 """

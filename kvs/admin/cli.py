@@ -5,6 +5,7 @@ scripts/admin.sh status --json 40000     the same, one JSON object per server
 scripts/admin.sh dump 40000              every key's full state, one JSON line each
 scripts/admin.sh compare 40000 40001     do these servers hold the same replica?
 scripts/admin.sh watch 40000             the batches a server applies from its peers
+scripts/admin.sh web 40000 [--port 8080] a live web page of the cluster (kvs/admin/web.py)
 """
 
 from __future__ import annotations
@@ -146,12 +147,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="status with one server also asks the peers it has seen, when their ids are HOST:PORT "
         "addresses (the default id, <hostname>:<porta>, is one).",
     )
-    parser.add_argument("command", choices=["status", "dump", "compare", "watch"])
+    parser.add_argument("command", choices=["status", "dump", "compare", "watch", "web"])
     parser.add_argument("servers", nargs="*", default=["40000"], help="PORT or HOST:PORT (40000)")
     parser.add_argument("--tls-ca", metavar="PATH", help="connect with TLS, trusting this PEM CA")
     parser.add_argument("--tls-cert", metavar="PATH", help="client certificate (PEM), for mutual TLS")
     parser.add_argument("--tls-key", metavar="PATH", help="the PEM private key of --tls-cert")
     parser.add_argument("--json", action="store_true", help="status: one JSON object per server")
+    parser.add_argument("--port", type=int, default=8080, help="web: the page's HTTP port (8080)")
+    parser.add_argument("--listen", default="127.0.0.1", help="web: the address it listens on (127.0.0.1)")
+    parser.add_argument(
+        "--probe", type=float, default=0.0, metavar="SECONDS",
+        help="web: write the key kvs-web-probe every SECONDS to measure replication lag (0: never)",
+    )  # fmt: skip
     args = parser.parse_intermixed_args(argv)  # options before or after the servers
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
@@ -163,6 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TlsError as error:
         print(f"admin.sh: error: {error}", file=sys.stderr)
         return 1
+    if args.command == "web":
+        from kvs.admin import web  # noqa: PLC0415 (aiohttp only for this command)
+
+        return web.serve(servers, tls, args.port, args.listen, args.probe)
     if args.command == "status":
         records = describe(survey(servers, tls), time.time())
         if len(records) == 1 and "digest" not in records[0]:  # nothing to tabulate: say why
