@@ -18,6 +18,7 @@ class FakeReplica:
     cluster: str = "kvs"
     peers: frozenset[str] = frozenset()
     connected: bool = True
+    broker: str = "127.0.0.1:1883"
     caught_up: asyncio.Event = field(default_factory=asyncio.Event)
     last_repair: float | None = None
     watchers: list[Watcher] = field(default_factory=list)

@@ -105,6 +105,7 @@ def describe(servers: Sequence[Server], now: float) -> list[dict[str, object]]:
                 "keys": reply.keys,
                 "caught_up": reply.caught_up,
                 "connected": reply.connected,
+                "broker": reply.broker,
                 "digest": fingerprint(reply.digest),
                 # How many of the other servers that answered hold the same digest.
                 "same_digest": sum(other == digest for other in digests) - 1,
@@ -119,10 +120,10 @@ def describe(servers: Sequence[Server], now: float) -> list[dict[str, object]]:
 
 def table(records: Sequence[dict[str, object]]) -> list[str]:
     """The records as aligned columns, one line per server."""
-    rows = [["id", "address", "health", "keys", "digest", "agrees", "peers", "last_repair"]]
+    rows = [["id", "address", "health", "keys", "digest", "agrees", "peers", "last_repair", "broker"]]
     for r in records:
         if "digest" not in r:
-            rows.append([str(r["id"]), str(r["address"] or "-"), str(r["health"]), *["-"] * 5])
+            rows.append([str(r["id"]), str(r["address"] or "-"), str(r["health"]), *["-"] * 6])
             continue
         same, others = r["same_digest"], r["others"]
         agrees = (
@@ -133,7 +134,8 @@ def table(records: Sequence[dict[str, object]]) -> list[str]:
         peers = r["peers"]
         assert isinstance(peers, list)
         rows.append([str(r["id"]), str(r["address"]), str(r["health"]), str(r["keys"])])
-        rows[-1] += [str(r["digest"]), agrees, str(len(peers)), repaired]
+        broker = str(r["broker"] or "-") + ("" if r["connected"] else " (not connected)")
+        rows[-1] += [str(r["digest"]), agrees, str(len(peers)), repaired, broker]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows

@@ -50,6 +50,11 @@ class Replica(Protocol):
         ...
 
     @property
+    def broker(self) -> str:
+        """The broker in use (the last that accepted a connection), as HOST:PORT."""
+        ...
+
+    @property
     def caught_up(self) -> asyncio.Event:
         """Set once the replica holds its peers' state."""
         ...
@@ -109,6 +114,7 @@ class Admin(pb_grpc.AdminServicer):
             digest=self._store.digest(),
             caught_up=replica.caught_up.is_set(),
             connected=replica.connected,
+            broker=replica.broker,
             last_repair_ms=0 if last_repair is None else int(last_repair * 1000),
         )
 

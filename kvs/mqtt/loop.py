@@ -80,8 +80,9 @@ class LoopDriver:
     async def connect(self, host: str, port: int, keepalive: int, properties: Properties) -> None:
         """The first connection; raises OSError when the broker cannot be reached."""
         await asyncio.to_thread(self._client.connect, host, port, keepalive, properties=properties)
-        self._misc = asyncio.create_task(self._housekeeping())
-        self._reconnecting = asyncio.create_task(self._keep_connected())
+        if self._misc is None:  # a first connection may try several brokers
+            self._misc = asyncio.create_task(self._housekeeping())
+            self._reconnecting = asyncio.create_task(self._keep_connected())
 
     @property
     def stopping(self) -> bool:

@@ -7,6 +7,15 @@ clear error (BrokerUnreachable, or BrokerRefused when the broker says no);
 after that it reconnects for ever; every (re)connection subscribes again; and
 nothing raised by a handler escapes into paho (it would stop the reading of
 the packets behind it).
+
+Several brokers (`--broker a:1883,b:1883`, docs/sites.md): the first
+connection goes to the first that answers. Once connected, a lost connection
+is dialed again at the same broker first (the session resumes there), then at
+the next of the list, and so on round the list, one broker per attempt. A move
+to another broker starts a clean session there; to the replicator it is a
+reconnection like any other (it says its presence again and asks its peers for
+what it may have missed), and paho sends again the publishes the old broker
+had not acknowledged.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, ParamSpec, Protocol
 
 import paho.mqtt.client as mqtt
@@ -69,9 +78,10 @@ def _guarded(callback: Callable[P, None]) -> Callable[P, None]:
 
 
 def opener(
-    broker: Address, auth: BrokerAuth
+    broker: Address | Sequence[Address], auth: BrokerAuth
 ) -> Callable[[str, tuple[str, bytes], list[tuple[str, int, bool]], Events], Session]:
-    """Makes sessions with `broker` (a kvs.replication.transport.Opener)."""
+    """Makes sessions with `broker`, or the first that answers of several (a
+    kvs.replication.transport.Opener)."""
     return lambda client_id, will, subscriptions, events: Session(
         client_id, broker, auth, will=will, subscriptions=subscriptions, events=events
     )
@@ -83,21 +93,27 @@ class Session:
     def __init__(
         self,
         client_id: str,
-        broker: Address,
+        broker: Address | Sequence[Address],
         auth: BrokerAuth,
         *,
         will: tuple[str, bytes],
         subscriptions: list[tuple[str, int, bool]],
         events: Events,
     ) -> None:
-        self.broker = broker
+        self.brokers = (broker,) if isinstance(broker, Address) else tuple(broker)
+        self.broker = self.brokers[0]
+        """The broker in use (the last that accepted a connection)."""
+        self._dialed = self.broker  # the broker paho is set to (the last dialed)
+        self._properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        self._properties.SessionExpiryInterval = SESSION_EXPIRY
+        self._started = False  # the first connection was accepted: reconnect from now on
         self._events = events
         self._subscriptions = [(t, SubscribeOptions(qos=q, noLocal=n)) for t, q, n in subscriptions]
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=MQTTProtocolVersion.MQTTv5,
-            transport="unix" if broker.socket is not None else "tcp",
+            transport="unix" if self.broker.socket is not None else "tcp",
         )
         client.will_set(will[0], will[1], qos=1, retain=True)
         client.max_inflight_messages_set(1000)
@@ -112,8 +128,8 @@ class Session:
         client.on_publish = _guarded(lambda c, u, mid, reason, properties: self._writes.discard(mid))
         self._client = client
         self._writes: set[int] = set()  # the mids of writes the broker has not acknowledged yet
-        self._driver = LoopDriver(client)
-        if broker.verify_owner:  # before the driver's own handler, and before paho sends CONNECT
+        self._driver = LoopDriver(client, self._dial)
+        if self.broker.verify_owner:  # before the driver's own handler, and before paho sends CONNECT
             opened = client.on_socket_open
             assert opened is not None
 
@@ -133,22 +149,51 @@ class Session:
         return self._client.is_connected() and self._subscribed
 
     async def connect(self) -> None:
-        """The first connection: returns once the broker accepted it, else raises."""
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = SESSION_EXPIRY
+        """The first connection, to the first broker that answers; raises if none does, or at once
+        if one refuses this server (BrokerRefused: credentials, not the network)."""
+        failures = []
+        for broker in self.brokers:
+            try:
+                await self._connect(broker)
+            except BrokerUnreachable as error:
+                failures.append(str(error))
+                if len(self.brokers) > 1:
+                    log.warning("broker %s", error)
+            else:
+                return
+        await self._driver.stop()
+        raise BrokerUnreachable("; ".join(failures))
+
+    async def _connect(self, broker: Address) -> None:
+        self._connack = asyncio.get_running_loop().create_future()
+        self.broker = self._dialed = broker
         try:
-            host = self.broker.socket or self.broker.host
-            await self._driver.connect(host, self.broker.port, KEEPALIVE, properties)
+            await self._driver.connect(broker.socket or broker.host, broker.port, KEEPALIVE, self._properties)
             reason = await asyncio.wait_for(asyncio.shield(self._connack), 10)
         except TimeoutError:  # before OSError, its base class
             reason = None
         except OSError as error:
-            raise BrokerUnreachable(f"{self.broker}: {error.strerror or error}") from None
-        if reason is None or reason.is_failure:
+            raise BrokerUnreachable(f"{broker}: {error.strerror or error}") from None
+        if reason is not None and reason.is_failure:
             await self._driver.stop()
-            if reason is not None:
-                raise BrokerRefused(f"{self.broker}: {reason}")
-            raise BrokerUnreachable(f"{self.broker}: no answer to CONNECT")
+            raise BrokerRefused(f"{broker}: {reason}")
+        if reason is None:
+            raise BrokerUnreachable(f"{broker}: no answer to CONNECT")
+
+    def _dial(self, attempt: int) -> None:
+        """A reconnection (on a worker thread): the broker in use first, then round the list."""
+        at = self.brokers.index(self.broker) if self.broker in self.brokers else 0
+        target = self.brokers[(at + attempt - 1) % len(self.brokers)]
+        if target == self._dialed:
+            self._client.reconnect()  # the session resumes
+            return
+        log.info("trying broker %s", target)
+        self._dialed = target
+        # A broker not dialed last: connect() starts a clean session there (clean start on the first
+        # connection, resumed on the reconnections that follow).
+        self._client.connect(
+            target.socket or target.host, target.port, KEEPALIVE, properties=self._properties
+        )
 
     def hold(self, held: bool) -> None:
         """Stops reading what the broker sends (held) or reads again: the owner's backlog is full."""
@@ -187,15 +232,17 @@ class Session:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        first = not self._connack.done()
-        if first:
+        if not self._connack.done():
             self._connack.set_result(reason)
         if reason.is_failure:
-            if not first:  # the first refusal is connect()'s to report
-                log.error("the broker at %s refused the connection: %s", self.broker, reason)
+            if self._started:  # the first refusal is connect()'s to report
+                log.error("the broker at %s refused the connection: %s", self._dialed, reason)
             return
+        if self._dialed != self.broker:
+            log.warning("moved from broker %s to broker %s", self.broker, self._dialed)
+            self.broker = self._dialed
         log.info("broker connected (%s%s)", self.broker, ", session resumed" if flags.session_present else "")
-        self._subscribed, self._up = False, True
+        self._subscribed, self._up, self._started = False, True, True
         self._driver.connection_made()
         self._events.on_connected()
         client.subscribe(self._subscriptions)
@@ -211,8 +258,7 @@ class Session:
         self._subscribed = False
         if not self._connack.done():
             self._connack.set_result(None)  # hung up before answering (a TLS port?): connect() says so
-        first = self._connack.result()
-        if first is None or first.is_failure:
+        if not self._started:
             return
         self._events.on_lost()
         if not self._driver.stopping:

@@ -90,6 +90,11 @@ class Replicator:
         return self._session.connected
 
     @property
+    def broker(self) -> str:
+        """The broker in use (of those --broker lists), as HOST:PORT."""
+        return str(self._session.broker)
+
+    @property
     def last_repair(self) -> float | None:
         """When (seconds since the Unix epoch) this server last took part in a repair, if ever."""
         at = self._sync.last_repair

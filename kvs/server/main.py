@@ -110,7 +110,7 @@ BROKER_ERROR = "Falha ao se conectar com o broker. Verifique se o broker está s
 def broker_error(settings: Settings, error: Exception, private: bool = False) -> str:
     """The one line said when the first connection fails (`private`: to the private broker)."""
     if not isinstance(error, BrokerRefused):
-        return f"{BROKER_ERROR} ({settings.broker}: {error})"
+        return f"{BROKER_ERROR} ({error})"
     if settings.broker_is_default and not private and settings.broker.local:
         hint = "it takes credentials: name it with --broker and --broker-user"
     elif settings.broker_is_default:
@@ -169,7 +169,7 @@ async def serve(settings: Settings) -> int:
         commits = GroupCommit(store, lambda: _set(failed, stopping))
         started.push_async_callback(commits.close)
         try:
-            broker, auth, embedded = await _choose_broker(settings, started)
+            brokers, auth, embedded = await _choose_broker(settings, started)
         except OSError as error:
             print(f"{BROKER_ERROR} ({settings.broker}: {error})", file=sys.stderr)
             return 1
@@ -180,7 +180,7 @@ async def serve(settings: Settings) -> int:
             Sync(settings.node_id, settings.sync_interval, epoch=now_ms(), fresh=fresh),
             settings.cluster,
             settings.cluster_key,
-            opener(broker, auth),
+            opener(brokers, auth),
             metrics=metrics or NO_METRICS,
         )
         address = f"{settings.listen}:{settings.port}"
@@ -232,21 +232,21 @@ def _set(*events: asyncio.Event) -> None:
 
 async def _choose_broker(
     settings: Settings, started: contextlib.AsyncExitStack
-) -> tuple[Address, BrokerAuth, EmbeddedBroker | None]:
-    """The broker to connect to, with what credentials, and the private one if it is that.
+) -> tuple[Sequence[Address], BrokerAuth, EmbeddedBroker | None]:
+    """The brokers to connect to (in order), with what credentials, and the private one if it is that.
 
     With a named broker, the flags'. With the default address (kvs.mqtt.broker): the
     private mosquitto (started if needed, released on exit) with its password, or a
     trusted listener on the TCP port without credentials: the private password goes
     to the private broker alone."""
     if not (settings.broker_is_default and settings.broker.local):
-        return settings.broker, settings.broker_auth, None
+        return settings.brokers or (settings.broker,), settings.broker_auth, None
     embedded = EmbeddedBroker(settings.broker.port, settings.broker_auth.password or "")
     address = await asyncio.to_thread(embedded.acquire)
     if address.socket is None:
-        return address, BrokerAuth(), None
+        return (address,), BrokerAuth(), None
     started.push_async_callback(asyncio.to_thread, embedded.release)
-    return address, settings.broker_auth, embedded
+    return (address,), settings.broker_auth, embedded
 
 
 def _serve_metrics(metrics: Metrics, settings: Settings) -> bool:

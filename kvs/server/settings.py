@@ -32,7 +32,7 @@ class Settings:
     listen: str
     node_id: str
     cluster: str
-    broker: Address
+    broker: Address  # the first of `brokers`
     broker_is_default: bool  # no --broker, --broker-user, --broker-tls-ca: a private mosquitto may be started
     sync_interval: float
     event_loop: str  # "uvloop" or "asyncio"
@@ -42,6 +42,9 @@ class Settings:
     metrics_port: int | None = None  # --metrics-port: serve Prometheus metrics there (kvs.metrics)
     data_dir: Path | None = None  # None: the store is in memory
     fsync: bool = False
+    brokers: tuple[Address, ...] = ()
+    """Every address of --broker (or KVS_BROKER), in order: the first that answers is used, and the
+    next on the list once it is lost (docs/sites.md). Empty: `broker` alone."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
@@ -49,7 +52,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument(
         "--porta", "--port", dest="port", type=int, default=DEFAULT_PORT, help="gRPC port (40000)"
     )
-    parser.add_argument("--broker", help=f"MQTT broker HOST:PORT (env KVS_BROKER, else {DEFAULT_BROKER})")
+    parser.add_argument(
+        "--broker",
+        help=f"MQTT broker HOST:PORT, or several separated by commas, tried in order (env KVS_BROKER, "
+        f"else {DEFAULT_BROKER})",
+    )
     parser.add_argument(
         "--cluster", default="kvs", help="topic prefix shared by the servers of one store (kvs)"
     )
@@ -122,9 +129,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         parser.error("--sync-interval must be positive")
     text = args.broker or os.environ.get("KVS_BROKER") or DEFAULT_BROKER
     try:
-        broker = Address.parse(text)
+        brokers = parse_brokers(text)
     except ValueError as error:
         parser.error(str(error))
+    broker = brokers[0]
     if args.broker_password_file and not args.broker_user:
         parser.error("--broker-password-file needs --broker-user")
     broker_is_default = args.broker is None and args.broker_user is None and args.broker_tls_ca is None
@@ -151,7 +159,20 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         metrics_port=args.metrics_port,
         data_dir=args.data_dir,
         fsync=args.fsync,
+        brokers=brokers,
     )
+
+
+def parse_brokers(text: str) -> tuple[Address, ...]:
+    """`HOST:PORT[,HOST:PORT...]`, in order and without repeats; ValueError when one is not an address."""
+    brokers: list[Address] = []
+    for part in text.split(","):
+        if not part.strip():
+            raise ValueError(f"not a broker address list (HOST:PORT,HOST:PORT): {text!r}")
+        broker = Address.parse(part.strip())
+        if broker not in brokers:
+            brokers.append(broker)
+    return tuple(brokers)
 
 
 def _broker_auth(args: argparse.Namespace, broker: Address, broker_is_default: bool) -> BrokerAuth:

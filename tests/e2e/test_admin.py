@@ -27,7 +27,17 @@ def addressed(processes: Processes, count: int, sync_interval: float = 1.0) -> l
 def rows(stdout: str) -> dict[str, list[str]]:
     """The table's rows by id, after checking its header."""
     header, *lines = stdout.splitlines()
-    assert header.split() == ["id", "address", "health", "keys", "digest", "agrees", "peers", "last_repair"]
+    assert header.split() == [
+        "id",
+        "address",
+        "health",
+        "keys",
+        "digest",
+        "agrees",
+        "peers",
+        "last_repair",
+        "broker",
+    ]
     return {line.split()[0]: line.split() for line in lines}
 
 
@@ -42,10 +52,20 @@ def test_status_from_one_address_finds_the_peer_and_shows_a_row_each(processes: 
     assert done.returncode == 0, done.stderr
     table = rows(done.stdout)
     assert sorted(table) == sorted([s1.name, s2.name])
-    digest = table[s1.name][4]
+    digest, broker = table[s1.name][4], processes.broker.address
     for server in (s1, s2):
         address = f"127.0.0.1:{server.port}"
-        assert table[server.name] == [server.name, address, "SERVING", "2", digest, "all", "1", "never"]
+        assert table[server.name] == [
+            server.name,
+            address,
+            "SERVING",
+            "2",
+            digest,
+            "all",
+            "1",
+            "never",
+            broker,
+        ]
 
 
 def test_status_tells_a_differing_digest_and_a_server_that_does_not_answer(processes: Processes) -> None:
