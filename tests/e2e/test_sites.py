@@ -4,9 +4,11 @@ delays and stalls them."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
+from grpc_health.v1 import health_pb2
 
 from kvs._gen import kvs_pb2 as pb
 from tests.e2e.conftest import Processes
@@ -69,3 +71,71 @@ def test_failover_to_another_sites_broker(processes: Processes, sites: list[Site
     assert not lost
     status = run_admin("status", f"127.0.0.1:{s2.port}")
     assert a.address in status.stdout, status.stdout
+
+
+def test_a_cut_under_writes_on_both_sides_heals(processes: Processes, sites: list[Site]) -> None:
+    """The bridge cut for 8 s under writes on both sites: each side keeps serving; once healed,
+    every acknowledged write is on every server within 10 s of the bridge reconnecting."""
+    a, b = sites
+    s1, s2 = server(processes, "s1", a), server(processes, "s2", b)
+    link = b.links["a"]
+    with Writer([s1], "a") as on_a, Writer([s2], "b") as on_b:
+        on_a.wait_for(100)
+        link.set("cut")
+        on_a.wait_for(300)  # both sides keep taking writes
+        on_b.wait_for(300)
+        time.sleep(5)
+        link.set("pass")
+        crosses(b, a)
+        healed = time.monotonic()
+        on_a.wait_for(100)
+        on_b.wait_for(100)
+    acknowledged = {**on_a.acknowledged, **on_b.acknowledged}
+
+    def everywhere() -> bool:
+        return all(len(server.dump()) >= len(acknowledged) for server in (s1, s2))
+
+    wait_for("every acknowledged write on every server", everywhere, timeout=10)
+    took = time.monotonic() - healed
+    dump = converged([s1, s2])
+    held = {fragment.key for fragment in dump}
+    lost = [key for key in acknowledged if key not in held]
+    print(f"acked {len(acknowledged)} lost {len(lost)}; everywhere {took:.1f} s after the heal")
+    assert not lost
+
+
+def test_concurrent_writes_of_one_key_end_with_one_winner(processes: Processes, sites: list[Site]) -> None:
+    """Cut: the same key written on both sides, and a key deleted on one side after an older
+    write on the other. Healed: one winner everywhere, and the delete wins."""
+    a, b = sites
+    s1, s2 = server(processes, "s1", a), server(processes, "s2", b)
+    replicates(s1, s2, "gone")
+    b.links["a"].set("cut")
+    s1.stub.Put(pb.KeyValueRequest(key="same", val="from-a"))
+    s2.stub.Put(pb.KeyValueRequest(key="same", val="from-b"))
+    s2.stub.Put(pb.KeyValueRequest(key="gone", val="older"))
+    time.sleep(0.01)
+    s1.stub.Del(pb.KeyRequest(key="gone"))
+    b.links["a"].set("pass")
+    converged([s1, s2], timeout=20)
+    values = {s.stub.Get(pb.KeyRequest(key="same")).val for s in (s1, s2)}
+    assert len(values) == 1
+    assert all(not s.stub.Get(pb.KeyRequest(key="gone")).val for s in (s1, s2))
+
+
+def test_a_joiner_on_a_cut_off_site_waits_for_the_far_side(processes: Processes, sites: list[Site]) -> None:
+    """Started on b while the bridge is cut: b's broker still holds a's presences, so the joiner
+    waits for a's servers, reports SERVING only after the heal, and then holds everything."""
+    a, b = sites
+    s1, s2 = server(processes, "s1", a), server(processes, "s2", b)
+    s1.stub.PutAll(iter(pb.KeyValueRequest(key=f"k{i:04}", val="v") for i in range(500)))
+    converged([s1, s2])
+    b.links["a"].set("cut")
+    s1.stub.Put(pb.KeyValueRequest(key="during", val="the cut"))
+    s3 = server(processes, "s3", b, wait=False)
+    time.sleep(6)
+    assert s3.health() != health_pb2.HealthCheckResponse.SERVING
+    b.links["a"].set("pass")
+    s3.wait_serving(timeout=30)
+    assert s3.stub.Get(pb.KeyRequest(key="during")).val == "the cut"
+    converged([s1, s2, s3])
