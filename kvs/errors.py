@@ -21,6 +21,10 @@ class VersionExhausted(KvsError):
     """A key's newest version is the largest int64: no later version exists."""
 
 
+class QuotaExceeded(KvsError):
+    """A write refused because the store is over its --quota-bytes; the message says what to do."""
+
+
 class CodecError(KvsError):
     """A replication payload that is not a well-formed message for this cluster.
 

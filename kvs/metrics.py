@@ -190,6 +190,17 @@ class Metrics(ReplicationMetrics):
             registry=r,
         )
         self._broker_address: str | None = None
+        self._quota = Gauge(
+            "kvs_store_quota_bytes", "The quota (--quota-bytes) of kvs_store_bytes", registry=r
+        )
+        self._over_quota = Gauge(
+            "kvs_store_over_quota", "1 while Put and PutAll are refused for the quota, else 0", registry=r
+        )
+        self._retired = Counter(
+            "kvs_retention_versions_dropped",
+            "Versions dropped by --keep-versions and --retention sweeps",
+            registry=r,
+        )
         for reason in DROP_REASONS:
             self._dropped.labels(reason)  # every reason shows, at 0, from the first scrape
         for sent in ("batches", "state"):
@@ -213,6 +224,17 @@ class Metrics(ReplicationMetrics):
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+    # Growth (kvs.service.upkeep) ------------------------------------------------------
+
+    def quota(self, limit: int) -> None:
+        self._quota.set(limit)
+
+    def over_quota(self, over: bool) -> None:
+        self._over_quota.set(1 if over else 0)
+
+    def retention_dropped(self, versions: int) -> None:
+        self._retired.inc(versions)
 
     # gRPC -----------------------------------------------------------------------
 
@@ -305,6 +327,11 @@ class StoreCollector(Collector):
             GaugeMetricFamily("kvs_store_keys", "Keys that exist (tombstones excluded)", stats.keys),
             GaugeMetricFamily("kvs_store_versions", "Versions stored, over every key", stats.versions),
             GaugeMetricFamily("kvs_store_tombstones", "Deleted keys whose floor is kept", stats.tombstones),
+            GaugeMetricFamily(
+                "kvs_store_bytes",
+                "The store's size as the quota counts it: keys and values, plus 8 bytes a version or floor",
+                stats.bytes,
+            ),
         ]
 
 

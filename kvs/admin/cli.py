@@ -113,6 +113,9 @@ def describe(servers: Sequence[Server], now: float) -> list[dict[str, object]]:
                 "since_repair_s": round(now - reply.last_repair_ms / 1000, 1)
                 if reply.last_repair_ms
                 else None,
+                "store_bytes": reply.store_bytes,
+                "quota_bytes": reply.quota_bytes,
+                "over_quota": reply.over_quota,
             }
         records.append(record)
     return records
@@ -120,10 +123,10 @@ def describe(servers: Sequence[Server], now: float) -> list[dict[str, object]]:
 
 def table(records: Sequence[dict[str, object]]) -> list[str]:
     """The records as aligned columns, one line per server."""
-    rows = [["id", "address", "health", "keys", "digest", "agrees", "peers", "last_repair", "broker"]]
+    rows = [["id", "address", "health", "keys", "quota", "digest", "agrees", "peers", "last_repair", "broker"]]
     for r in records:
         if "digest" not in r:
-            rows.append([str(r["id"]), str(r["address"] or "-"), str(r["health"]), *["-"] * 6])
+            rows.append([str(r["id"]), str(r["address"] or "-"), str(r["health"]), *["-"] * 7])
             continue
         same, others = r["same_digest"], r["others"]
         agrees = (
@@ -133,13 +136,22 @@ def table(records: Sequence[dict[str, object]]) -> list[str]:
         repaired = "never" if since is None else f"{since:.0f}s"
         peers = r["peers"]
         assert isinstance(peers, list)
-        rows.append([str(r["id"]), str(r["address"]), str(r["health"]), str(r["keys"])])
+        rows.append([str(r["id"]), str(r["address"]), str(r["health"]), str(r["keys"]), quota_cell(r)])
         broker = str(r["broker"] or "-") + ("" if r["connected"] else " (not connected)")
         rows[-1] += [str(r["digest"]), agrees, str(len(peers)), repaired, broker]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
+
+
+def quota_cell(record: dict[str, object]) -> str:
+    """How full the store is, as a share of its quota; "OVER" while writes are refused for it."""
+    size, quota = record.get("store_bytes"), record.get("quota_bytes")
+    if not isinstance(size, int) or not isinstance(quota, int) or not quota:
+        return "-"  # a server from before quotas
+    share = f"{100 * size / quota:.0f}%"
+    return f"OVER({share})" if record.get("over_quota") else share
 
 
 def main(argv: Sequence[str] | None = None) -> int:

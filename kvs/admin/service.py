@@ -16,6 +16,7 @@ import grpc
 
 from kvs._gen import replication_pb2 as pb
 from kvs._gen import replication_pb2_grpc as pb_grpc
+from kvs.service.upkeep import Quota
 from kvs.storage.store import Fragment, Store
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Admin"].full_name
@@ -97,9 +98,10 @@ def _message(key: str, floor: int, versions: list[tuple[int, str]]) -> pb.Fragme
 class Admin(pb_grpc.AdminServicer):
     """Runs on the event loop, like the KeyValueStore service."""
 
-    def __init__(self, store: Store, replica: Replica) -> None:
+    def __init__(self, store: Store, replica: Replica, quota: Quota | None = None) -> None:
         self._store = store
         self._replica = replica
+        self._quota = quota
 
     async def Status(
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -116,6 +118,9 @@ class Admin(pb_grpc.AdminServicer):
             connected=replica.connected,
             broker=replica.broker,
             last_repair_ms=0 if last_repair is None else int(last_repair * 1000),
+            store_bytes=self._store.size,
+            quota_bytes=0 if self._quota is None else self._quota.limit,
+            over_quota=self._quota is not None and self._quota.over,
         )
 
     async def Dump(

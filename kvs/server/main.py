@@ -11,11 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 import signal
 import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
 
 import grpc
 import uvloop
@@ -37,9 +41,11 @@ from kvs.replication.sync import Sync
 from kvs.server.settings import Settings, parse_args
 from kvs.service.kvstore import SERVICE_NAME, KeyValueStore, add_to_server
 from kvs.service.replicated import ReplicatedStore
-from kvs.storage.datadir import DataDir, open_data_dir
+from kvs.service.upkeep import Quota, Retention, Upkeep
+from kvs.storage.datadir import STORE_FILE, DataDir, open_data_dir
 from kvs.storage.durable import GroupCommit
 from kvs.storage.store import Store
+from kvs.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +129,36 @@ def broker_error(settings: Settings, error: Exception, private: bool = False) ->
     return f"the broker refused this server ({error}): {hint}"
 
 
+MEMORY_SHARE: Final = 16
+"""The default quota in memory: this share of the machine's memory. A stored version of a small
+value takes up to about 5 times its keys and values in memory (issue 18 measured 620 bytes for
+128), so at the quota the server holds about a third of the memory: room for the broker, a peer
+or two on the same machine, and the process itself, before the kernel's OOM killer."""
+DISK_SHARE: Final = 4
+"""The default quota with --data-dir: this share of the space free for the store's file (what it holds
+already counted as free). The file takes 1.2 to 2 times its keys and values, and the WAL and the
+pages kept for reuse take more: kvs alone then fills at most about half the disk."""
+
+
+def default_quota(data_dir: Path | None) -> tuple[int, str]:
+    """The quota when --quota-bytes is not given, and how it was chosen (for the log)."""
+    if data_dir is None:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return memory // MEMORY_SHARE, f"1/{MEMORY_SHARE} of this machine's {format_size(memory)} of memory"
+    usage = shutil.disk_usage(data_dir)
+    held = sum(f.stat().st_size for f in data_dir.glob(f"{STORE_FILE}*") if f.is_file())
+    free = usage.free + held
+    return free // DISK_SHARE, f"1/{DISK_SHARE} of the {format_size(free)} free for --data-dir"
+
+
 def open_store(settings: Settings) -> tuple[Store, DataDir | None]:
     """The store: in memory, or in --data-dir (locked for this process); raises DataDirError."""
     if settings.data_dir is None:
-        return Store(now_ms), None
+        return Store(now_ms, keep_versions=settings.keep_versions), None
     data_dir = open_data_dir(settings.data_dir, settings.cluster)
     started = time.monotonic()
     try:
-        store = Store(now_ms, data_dir.store_path, settings.fsync)
+        store = Store(now_ms, data_dir.store_path, settings.fsync, settings.keep_versions)
     except sqlite3.Error as error:
         data_dir.close()
         raise DataDirError(f"--data-dir {settings.data_dir}: cannot open its store ({error})") from None
@@ -175,6 +203,7 @@ async def serve(settings: Settings) -> int:
             return 1
         metrics = Metrics(store.stats) if settings.metrics_port is not None else None
         fresh = bool(embedded and embedded.fresh)
+        quota = _quota(settings, metrics)
         replicator = Replicator(
             store,
             Sync(settings.node_id, settings.sync_interval, epoch=now_ms(), fresh=fresh),
@@ -184,13 +213,8 @@ async def serve(settings: Settings) -> int:
             metrics=metrics or NO_METRICS,
         )
         address = f"{settings.listen}:{settings.port}"
-        server = Server(
-            ReplicatedStore(store, replicator.publish, commits),
-            address,
-            Admin(store, replicator),
-            settings.tls,
-            metrics,
-        )
+        replicated = ReplicatedStore(store, replicator.publish, commits, quota)
+        server = Server(replicated, address, Admin(store, replicator, quota), settings.tls, metrics)
         try:
             port = await server.start()
         except RuntimeError as error:
@@ -199,11 +223,9 @@ async def serve(settings: Settings) -> int:
         security = "" if not settings.tls else " over mutual TLS" if settings.tls.client_ca else " over TLS"
         where = f"{settings.listen}:{port}{security}"
         log.info("listening on %s as %s in cluster %s", where, settings.node_id, settings.cluster)
-        if metrics and not _serve_metrics(metrics, settings):
+        if metrics and not _serve_metrics(metrics, settings, started):
             await server.stop(0)
             return 1
-        if metrics:
-            started.callback(metrics.stop)
         try:
             await replicator.start()
         except (BrokerUnreachable, OSError) as error:
@@ -211,6 +233,7 @@ async def serve(settings: Settings) -> int:
             await server.stop(0)
             return 1
         started.push_async_callback(replicator.stop)  # after the server: no write goes unpublished
+        await started.enter_async_context(_upkeep(settings, replicated, quota, metrics))
         started.push_async_callback(server.stop)
         caught_up = asyncio.ensure_future(replicator.caught_up.wait())
         await asyncio.wait(
@@ -223,6 +246,23 @@ async def serve(settings: Settings) -> int:
         log.info("shutting down")
     log.info("stopped")
     return 1 if failed.is_set() else 0
+
+
+def _quota(settings: Settings, metrics: Metrics | None) -> Quota:
+    if settings.quota_bytes is not None:
+        limit, why = settings.quota_bytes, "--quota-bytes"
+    else:
+        limit, why = default_quota(settings.data_dir)
+    log.info("quota: %s of keys and values (%s)", format_size(limit), why)
+    if metrics is not None:
+        metrics.quota(limit)
+    return Quota(limit, metrics)
+
+
+def _upkeep(settings: Settings, store: ReplicatedStore, quota: Quota, metrics: Metrics | None) -> Upkeep:
+    retention = Retention(settings.keep_versions, settings.retention_ms)
+    log.info("retention: %s", retention)
+    return Upkeep(store, now_ms, quota, retention, metrics)
 
 
 def _set(*events: asyncio.Event) -> None:
@@ -249,8 +289,8 @@ async def _choose_broker(
     return (address,), settings.broker_auth, embedded
 
 
-def _serve_metrics(metrics: Metrics, settings: Settings) -> bool:
-    """Serves /metrics on --metrics-port; False (and a log line) if it cannot."""
+def _serve_metrics(metrics: Metrics, settings: Settings, started: contextlib.AsyncExitStack) -> bool:
+    """Serves /metrics on --metrics-port until `started` closes; False (and a log line) if it cannot."""
     assert settings.metrics_port is not None
     try:
         port = metrics.serve(settings.metrics_port, settings.listen.strip("[]"))
@@ -258,6 +298,7 @@ def _serve_metrics(metrics: Metrics, settings: Settings) -> bool:
         log.error("cannot serve metrics on port %s (%s): is the port in use?", settings.metrics_port, error)
         return False
     log.info("metrics on http://%s:%d/metrics", settings.listen, port)
+    started.callback(metrics.stop)
     return True
 
 

@@ -11,14 +11,16 @@ import argparse
 import os
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from kvs.errors import ConfigError
 from kvs.keys import load_cluster_key, read_password
 from kvs.mqtt.broker import Address, BrokerAuth, private_auth
 from kvs.net.tls import ServerTls, TlsError
+from kvs.units import parse_duration, parse_size
 
 DEFAULT_PORT = 40000
 DEFAULT_BROKER = "localhost:1883"
@@ -45,10 +47,38 @@ class Settings:
     brokers: tuple[Address, ...] = ()
     """Every address of --broker (or KVS_BROKER), in order: the first that answers is used, and the
     next on the list once it is lost (docs/sites.md). Empty: `broker` alone."""
+    quota_bytes: int | None = None  # --quota-bytes; None: the default (kvs.server.main.default_quota)
+    keep_versions: int | None = None  # --keep-versions: None keeps every version
+    retention_ms: int | None = None  # --retention: None keeps versions however old
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line that names the flag (and exit 2), without the long usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
+def _typed(parse: Callable[[str], int]) -> Callable[[str], int]:
+    """An argparse type from a parser of kvs.units: its ValueError becomes the usage error's text."""
+
+    def typed(text: str) -> int:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return typed
+
+
+def _count(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"{text!r}: must be a whole number, at least 1")
+    return int(text)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
-    parser = argparse.ArgumentParser(prog="server.py", description="Runs one kvs server.")
+    parser = _Parser(prog="server.py", description="Runs one kvs server.")
     parser.add_argument(
         "--porta", "--port", dest="port", type=int, default=DEFAULT_PORT, help="gRPC port (40000)"
     )
@@ -114,6 +144,26 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         metavar="PORT",
         help="serve Prometheus metrics on http://LISTEN:PORT/metrics (off)",
     )
+    growth = parser.add_argument_group("growth over time (docs/operations.md)")
+    growth.add_argument(
+        "--quota-bytes",
+        type=_typed(parse_size),
+        metavar="SIZE",
+        help="refuse Put and PutAll while the store holds more keys and values than SIZE (512MB, 2GB,"
+        " 1GiB; default: 1/16 of the memory, or with --data-dir 1/4 of the disk's free space)",
+    )
+    growth.add_argument(
+        "--keep-versions",
+        type=_typed(_count),
+        metavar="N",
+        help="each key keeps at most its N newest versions (off: every version)",
+    )
+    growth.add_argument(
+        "--retention",
+        type=_typed(parse_duration),
+        metavar="DURATION",
+        help="drop versions older than DURATION (90s, 15m, 24h, 7d); a key's newest stays (off)",
+    )
     args = parser.parse_args(argv)
     if args.fsync and args.data_dir is None:
         parser.error("--fsync needs --data-dir")
@@ -160,6 +210,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         data_dir=args.data_dir,
         fsync=args.fsync,
         brokers=brokers,
+        quota_bytes=args.quota_bytes,
+        keep_versions=args.keep_versions,
+        retention_ms=args.retention,
     )
 
 

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError, Message
 
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import kvs_pb2_grpc as pb_grpc
-from kvs.errors import InvalidArgument, KvsError, NotDurable, TooLarge, VersionExhausted
+from kvs.errors import InvalidArgument, KvsError, NotDurable, QuotaExceeded, TooLarge, VersionExhausted
 from kvs.limits import MAX_GETALL_BYTES, quoted
 from kvs.service.replicated import ReplicatedStore
 from kvs.storage.store import Entry, Version, Written
@@ -34,6 +34,7 @@ STATUS: dict[type[KvsError], grpc.StatusCode] = {
     VersionExhausted: grpc.StatusCode.OUT_OF_RANGE,
     TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotDurable: grpc.StatusCode.UNAVAILABLE,  # the commit failed: not acknowledged, the server stops
+    QuotaExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,  # Put and PutAll past --quota-bytes
 }
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -137,7 +138,7 @@ def add_to_server(servicer: KeyValueStore, server: grpc.aio.Server) -> None:
 
 
 def _status(error: KvsError) -> tuple[grpc.StatusCode, str]:
-    code = next(code for kind, code in STATUS.items() if isinstance(error, kind))
+    code = next((code for kind, code in STATUS.items() if isinstance(error, kind)), grpc.StatusCode.UNKNOWN)
     return code, str(error)
 
 

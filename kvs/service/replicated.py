@@ -45,6 +45,8 @@ PAGE_KEYS: Final = 500
 """Keys read per query of a range read (about 5 µs a key)."""
 DELETE_PAGE: Final = 100
 """Keys deleted per step of a DelRange (about 30 µs a key)."""
+RETENTION_KEYS: Final = 200
+"""Keys looked at per step of a retention sweep (about 6 µs a key)."""
 STEP_SECONDS: Final = 0.002
 """How long a call may hold the event loop before it lets the others in."""
 
@@ -55,6 +57,12 @@ R = TypeVar("R")
 async def _one_by_one(requests: AsyncIterator[R]) -> AsyncIterator[list[R]]:
     async for request in requests:
         yield [request]
+
+
+class Admission(Protocol):
+    """Decides whether a client write may go in (kvs.service.upkeep.Quota)."""
+
+    def admit(self, size: int) -> None: ...
 
 
 class Commits(Protocol):
@@ -97,10 +105,13 @@ class _Pacer:
 class ReplicatedStore:
     """`Store`'s reads, and its writes published and done in bounded steps."""
 
-    def __init__(self, store: Store, publish: Publish, commits: Commits | None = None) -> None:
+    def __init__(
+        self, store: Store, publish: Publish, commits: Commits | None = None, quota: Admission | None = None
+    ) -> None:
         self.store = store
         self._publish = publish
         self._commits = commits
+        self._quota = quota
         self._pacer = _Pacer()
 
     # Reads -------------------------------------------------------------------
@@ -131,7 +142,11 @@ class ReplicatedStore:
     # Writes ------------------------------------------------------------------
 
     async def put(self, key: str, val: str, wait: bool = True) -> Written:
-        """Store `val` under a new version; `wait` False: the caller awaits `durable()` itself."""
+        """Store `val` under a new version; `wait` False: the caller awaits `durable()` itself.
+
+        Refused (QuotaExceeded) while the store is over its quota (kvs.service.upkeep)."""
+        if self._quota is not None:
+            self._quota.admit(self.store.size)
         written, fragment = self.store.put(key, val)
         self._publish((fragment,))
         # The hot path of Put and PutAll: no coroutine is made unless it is needed.
@@ -178,6 +193,28 @@ class ReplicatedStore:
             await self._durable()
         await self._pacer.step()
         return kept
+
+    async def retire(self, keep: int | None, cut: Callable[[], Version] | None) -> int:
+        """Raises the floors retention asks for (`Store.retention_page`), over every key, a page at a
+        time, and publishes them; returns how many versions went. `cut()`: the version before which
+        versions may go (read for each page: the clock moves during a long sweep).
+
+        A key's old versions are dropped oldest first, a slice at a time, before its floor rises:
+        a backlog of a million versions costs no reader more than a slice's wait.
+        """
+        after, dropped = "", 0
+        while bounds := self.store.retention_page(after, RETENTION_KEYS, keep, cut() if cut else None):
+            after = bounds[-1].key
+            wanted = [bound for bound in bounds if bound.floor]
+            for key, floor in wanted:
+                while (count := self.store.drop_below(key, floor, SLICE_ROWS)) == SLICE_ROWS:
+                    dropped += count
+                    await _pause()
+                dropped += count
+            if fragments := self.store.raise_floors(wanted):
+                self._publish(fragments)
+            await _pause()
+        return dropped
 
     async def durable(self) -> None:
         """Returns once every write so far is durable (kvs.storage.durable; at once in memory)."""

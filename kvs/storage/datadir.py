@@ -58,6 +58,9 @@ _PID_BYTES: Final = 32
 """The lock file: the pid in its first 32 bytes, the last commit's number after them."""
 
 _META = """
+-- Pages freed by deletes, trims and retention can be given back to the file system
+-- (kvs.storage.store.Store.give_back); settable only before the file is first written.
+PRAGMA auto_vacuum = INCREMENTAL;
 PRAGMA application_id = {app};
 BEGIN;
 -- What the file is: name -> value ("format", "cluster").

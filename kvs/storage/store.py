@@ -49,7 +49,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
-from typing import Final, TypeAlias
+from typing import Final, NamedTuple, TypeAlias
 
 from kvs.errors import VersionExhausted
 from kvs.limits import quoted
@@ -70,6 +70,10 @@ LAST_VERSION: Final = MAX_VERSION - 1
 the newest version (SPEC 5: the floor of a Del of the last version must stay within MAX_VERSION too)."""
 BUCKETS: Final = 256
 """Digest granularity: a difference between replicas is repaired bucket by bucket."""
+KEEP_INLINE: Final = 16
+"""Versions beyond --keep-versions a put or a join drops at once; a longer history is the sweep's."""
+ROW_OVERHEAD: Final = 8
+"""What a version or a floor counts for in `Store.size` beyond its key's and value's UTF-8 bytes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,13 @@ class Fragment:
     versions: tuple[tuple[Version, str], ...] = ()
 
 
+class Bound(NamedTuple):
+    """A floor that retention wants for a key (0: none)."""
+
+    key: str
+    floor: Version
+
+
 @dataclass(frozen=True, slots=True)
 class Stats:
     """How much a store holds (for metrics): keys that exist, stored versions, tombstones."""
@@ -107,6 +118,9 @@ class Stats:
     keys: int
     versions: int
     tombstones: int
+    bytes: int = 0
+    """`Store.size`: the UTF-8 bytes of every stored version's key and value, plus 8 per version and
+    per floor (a floor counts its key)."""
 
 
 def _upper(at: Version | None) -> Version:
@@ -191,6 +205,29 @@ _REPLACE = "UPDATE versions SET val = ? WHERE key = ? AND ver = ?"
 _SET_FLOOR = "INSERT INTO floors (key, floor) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET floor = ?2"
 _DROP_BELOW = "DELETE FROM versions WHERE key = ? AND ver < ? RETURNING ver, val"
 _KEY_COUNT = "SELECT count(*) FROM (SELECT DISTINCT key FROM versions)"
+# The ?2-th newest version of a key (0: the newest) and at most ?3 after it.
+_NEWEST_FROM = "SELECT ver FROM versions WHERE key = ?1 ORDER BY ver DESC LIMIT ?3 + 1 OFFSET ?2"
+# For at most ?2 keys after ?1 (a skip over the primary key: a few lookups per key, not a row scan):
+# the oldest and newest versions, and the ?3-th newest (0: the newest; NULL if fewer). What
+# retention needs (`Store.retention_page`).
+_RETENTION_PAGE = """
+WITH RECURSIVE k(key) AS (
+    SELECT (SELECT min(key) FROM versions WHERE key > ?1)
+    UNION ALL
+    SELECT (SELECT min(key) FROM versions WHERE key > k.key) FROM k WHERE k.key IS NOT NULL
+    LIMIT ?2
+)
+SELECT key,
+    (SELECT min(ver) FROM versions WHERE key = k.key),
+    (SELECT max(ver) FROM versions WHERE key = k.key),
+    (SELECT ver FROM versions WHERE key = k.key ORDER BY ver DESC LIMIT 1 OFFSET ?3)
+FROM k WHERE key IS NOT NULL
+"""
+# Sizes as `Store.size` counts them (a scan, for a file saved without its size).
+_SIZE = f"""
+SELECT coalesce((SELECT sum(length(CAST(key AS BLOB)) + length(CAST(val AS BLOB)) + {ROW_OVERHEAD})
+    FROM versions), 0) + coalesce((SELECT sum(length(CAST(key AS BLOB)) + {ROW_OVERHEAD}) FROM floors), 0)
+"""
 
 # In a file only: each bucket's digest as of the last commit (a signed 64-bit integer).
 _DIGEST_SCHEMA = """
@@ -203,6 +240,8 @@ _SAVE_DIGEST = "INSERT OR REPLACE INTO digest (bucket, hash) VALUES (?, ?)"
 _COMMITS_ROW: Final = -1
 """The digest table's row that holds, instead of a hash, how many commits the file has had
 (kvs.storage.datadir compares it with the count the server recorded: a cut write-ahead log)."""
+_SIZE_ROW: Final = -2
+"""The digest table's row that holds `Store.size` as of the last commit (on the digest's page too)."""
 _ALL_ROWS = "SELECT 'f', key, floor, '' FROM floors UNION ALL SELECT 'v', key, ver, val FROM versions"
 
 _HASH_HEADER = struct.Struct("<cIq")  # kind (b"v" version, b"f" floor), key length, version
@@ -211,18 +250,27 @@ _HASH_HEADER = struct.Struct("<cIq")  # kind (b"v" version, b"f" floor), key len
 class Store:
     """Every key's versions and floor, with reads, writes, the join and a digest."""
 
-    def __init__(self, clock: Clock, path: Path | None = None, fsync: bool = False) -> None:
-        """In memory, or in the SQLite file `path` (created if missing); `fsync`: FULL sync."""
+    def __init__(
+        self, clock: Clock, path: Path | None = None, fsync: bool = False, keep_versions: int | None = None
+    ) -> None:
+        """In memory, or in the SQLite file `path` (created if missing); `fsync`: FULL sync.
+
+        `keep_versions` (--keep-versions): a put that leaves its key one version more than that
+        raises the key's floor to its `keep_versions`-th newest version, in the put's fragment."""
         self._clock = clock
         self._digest = [0] * BUCKETS
         self._dirty: set[int] = set()  # buckets whose digest changed since the last commit
+        self._size = 0
+        self._saved_size = 0  # as of the last commit (files)
         self._on_begin: Callable[[], None] | None = None
         self.path = path
         self.commits = 0
         """How many commits this file has had (on disk; saved with each commit)."""
         self._on_commit: Callable[[int], None] | None = None
+        self.keep_versions = keep_versions
         # One connection, used by one thread at a time (see kvs.server).
         self._db = sqlite3.connect(path or ":memory:", isolation_level=None, check_same_thread=False)
+        self._vacuums = False
         if path is None:
             self._db.executescript(_SCHEMA)
             return
@@ -232,12 +280,17 @@ class Store:
         self._db.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
         self._db.execute("PRAGMA journal_size_limit = 16777216")  # a WAL that grew shrinks back to 16 MiB
         self._db.executescript(f"BEGIN; {_SCHEMA} {_DIGEST_SCHEMA} COMMIT;")
+        # 2: incremental, set when kvs.storage.datadir made the file; older files keep freed pages.
+        self._vacuums = self._db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
         saved = self._db.execute("SELECT bucket, hash FROM digest WHERE bucket >= 0").fetchall()
         count = self._db.execute("SELECT hash FROM digest WHERE bucket = ?", (_COMMITS_ROW,)).fetchone()
         self.commits = 0 if count is None else int(count[0])
         if len(saved) == BUCKETS:
             for bucket, value in saved:
                 self._digest[bucket] = value % 2**64
+            size = self._db.execute("SELECT hash FROM digest WHERE bucket = ?", (_SIZE_ROW,)).fetchone()
+            # A file saved before sizes were kept: count them once.
+            self._size = self._saved_size = size[0] if size else self._db.execute(_SIZE).fetchone()[0]
         else:  # a new file (or one saved without its digest): hash every row once
             with self._transaction():
                 self.rebuild_digest()
@@ -290,7 +343,61 @@ class Store:
             f"""SELECT ({_KEY_COUNT}), (SELECT count(*) FROM versions), (SELECT count(*) FROM floors AS f
             WHERE NOT EXISTS (SELECT 1 FROM versions WHERE key = f.key))"""
         ).fetchone()
-        return Stats(keys, versions, tombstones)
+        return Stats(keys, versions, tombstones, self._size)
+
+    @property
+    def size(self) -> int:
+        """The store's size as the quota counts it (docs/operations.md): the UTF-8 bytes of the key and
+        the value of every stored version, plus ROW_OVERHEAD each, and of every floor's key, plus
+        ROW_OVERHEAD each. Kept up to date by every change, so reading it costs nothing."""
+        return self._size
+
+    def retention_page(self, after: str, limit: int, keep: int | None, cut: Version | None) -> list[Bound]:
+        """For at most `limit` existing keys after `after`, by key: the floor retention wants, for those
+        that hold a version under it. `keep`: at most that many versions (--keep-versions); `cut`:
+        versions older than it go (--retention), the newest always stays.
+
+        The floor is the `keep`-th newest version, or `cut` (the newest version, if older), whichever
+        is higher: every version at or after `cut` stays, and replicas that hold the same versions
+        agree on a `keep` floor. Two servers' cuts differ (their clocks do, and they sweep at other
+        times), which is why the floors a sweep raises are published: the join takes the higher.
+        """
+        rows = self._db.execute(_RETENTION_PAGE, (after, limit, (keep or 1) - 1)).fetchall()
+        bounds = []
+        for key, oldest, newest, nth in rows:
+            floor = nth if keep and nth is not None else 0
+            if cut:
+                floor = max(floor, min(cut, newest))
+            bounds.append(Bound(key, floor if floor > oldest else 0))
+        return bounds
+
+    def raise_floors(self, bounds: Iterable[Bound]) -> list[Fragment]:
+        """Raises each key's floor to its bound, as one change; returns the fragments of those that rose.
+
+        Drop the versions under a high floor first (`drop_below`, in slices) to keep this step short."""
+        raised = []
+        with self._transaction():
+            for key, floor in bounds:
+                if floor > 0 and self._raise_floor(key, floor):
+                    raised.append(Fragment(key, floor=floor))
+        return raised
+
+    def free_pages(self) -> int:
+        """Pages of the file that hold nothing (0 in memory, or when freed space is not given back)."""
+        if self.path is None or not self._vacuums:
+            return 0
+        count: int = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        return count
+
+    def give_back(self, pages: int) -> bool:
+        """Returns up to `pages` free pages to the file system (SQLite's incremental vacuum), between
+        transactions only: False if one is open (try again later) or the file cannot shrink."""
+        if self.path is None or not self._vacuums or self._db.in_transaction:
+            return False
+        # One sqlite3 step frees one page: executescript steps the pragma to its end, in its own
+        # transaction (nothing is open, so it commits nothing else).
+        self._db.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+        return True
 
     # Writes ----------------------------------------------------------------
 
@@ -303,9 +410,10 @@ class Store:
         with self._transaction() if self.path is not None else nullcontext():
             # On disk, with the digest in the same commit; in memory one statement commits itself.
             self._db.execute(_INSERT, (key, ver, val))
-            self._toggle(b"v", key, ver, val)
+            self._toggle(b"v", key, ver, val, 1)
+            floor = self._keep_floor(key) if self.keep_versions else 0
         old = newest or Entry(key, "", 0)
-        return Written(key, old.val, old.ver, ver), Fragment(key, versions=((ver, val),))
+        return Written(key, old.val, old.ver, ver), Fragment(key, floor, ((ver, val),))
 
     def delete(self, key: str) -> tuple[Entry, Fragment | None]:
         """Remove every version: the floor rises above both now and the newest version."""
@@ -349,7 +457,7 @@ class Store:
         with self._transaction():
             rows = self._db.execute(_DROP_OLDEST, (key, below, limit)).fetchall()
             for ver, val in rows:
-                self._toggle(b"v", key, ver, val)
+                self._toggle(b"v", key, ver, val, -1)
         return len(rows)
 
     def trim(self, key: str) -> tuple[Entry, Fragment | None]:
@@ -369,6 +477,8 @@ class Store:
                     self._raise_floor(fragment.key, fragment.floor)
                 for ver, val in fragment.versions:
                     self._add(fragment.key, ver, val)
+                if self.keep_versions and fragment.versions:
+                    self._keep_floor(fragment.key)
 
     # Replica comparison ----------------------------------------------------
 
@@ -379,8 +489,9 @@ class Store:
     def rebuild_digest(self) -> None:
         """Recomputes every bucket's digest from the rows (and saves it, on disk)."""
         self._digest = [0] * BUCKETS
+        self._size = 0
         for kind, key, ver, val in self._db.execute(_ALL_ROWS):
-            self._toggle(kind.encode(), key, ver, val)
+            self._toggle(kind.encode(), key, ver, val, 1)
         self._dirty = set(range(BUCKETS))
 
     # Transactions (files) ----------------------------------------------------
@@ -408,6 +519,9 @@ class Store:
             ]
             # The count shares the digest's page: it costs no page of its own in the log.
             rows.append((_COMMITS_ROW, self.commits + 1))
+            if self._size != self._saved_size:
+                rows.append((_SIZE_ROW, self._size))
+                self._saved_size = self._size
             self._db.executemany(_SAVE_DIGEST, rows)
         self._dirty.clear()
         self._db.execute("COMMIT")
@@ -459,14 +573,14 @@ class Store:
 
     def _add(self, key: str, ver: Version, val: str) -> None:
         if self._db.execute(_ADD, (key, ver, val)).rowcount == 1:
-            self._toggle(b"v", key, ver, val)
+            self._toggle(b"v", key, ver, val, 1)
             return
         # Below the floor (nothing stored), or the version is taken: the greater value wins.
         row = self._db.execute(_VALUE, (key, ver)).fetchone()
         if row is not None and val > row[0]:
             self._db.execute(_REPLACE, (val, key, ver))
-            self._toggle(b"v", key, ver, row[0])
-            self._toggle(b"v", key, ver, val)
+            self._toggle(b"v", key, ver, row[0], -1)
+            self._toggle(b"v", key, ver, val, 1)
 
     def _raise_floor(self, key: str, floor: Version) -> bool:
         old = self._floor(key)
@@ -474,19 +588,35 @@ class Store:
             return False
         self._db.execute(_SET_FLOOR, (key, floor))
         if old:
-            self._toggle(b"f", key, old, "")
-        self._toggle(b"f", key, floor, "")
+            self._toggle(b"f", key, old, "", -1)
+        self._toggle(b"f", key, floor, "", 1)
         for ver, val in self._db.execute(_DROP_BELOW, (key, floor)).fetchall():
-            self._toggle(b"v", key, ver, val)
+            self._toggle(b"v", key, ver, val, -1)
         return True
 
-    def _toggle(self, kind: bytes, key: str, ver: Version, val: str) -> None:
+    def _keep_floor(self, key: str) -> Version:
+        """After a put or a join: raises the floor to the key's `keep_versions`-th newest version, if
+        that drops 1 to KEEP_INLINE versions (more is the sweep's, kvs.service.upkeep, in slices);
+        returns the floor raised, or 0.
+
+        Every replica computes the same floor from the same versions, so the join's raises need no
+        publishing; a put's floor goes out in its fragment, for peers without --keep-versions."""
+        rows = self._db.execute(_NEWEST_FROM, (key, (self.keep_versions or 1) - 1, KEEP_INLINE)).fetchall()
+        if not 2 <= len(rows) <= KEEP_INLINE:
+            return 0
+        self._raise_floor(key, rows[0][0])
+        return int(rows[0][0])
+
+    def _toggle(self, kind: bytes, key: str, ver: Version, val: str, sign: int) -> None:
+        """Adds (sign 1) or removes (-1) a row in the digest and the size."""
         # XOR is its own inverse: the same call adds an entry to the digest or removes it.
         raw = key.encode()
-        entry = hashlib.blake2b(_HASH_HEADER.pack(kind, len(raw), ver) + raw + val.encode(), digest_size=8)
+        data = val.encode()
+        entry = hashlib.blake2b(_HASH_HEADER.pack(kind, len(raw), ver) + raw + data, digest_size=8)
         bucket = zlib.crc32(raw) % BUCKETS
         self._digest[bucket] ^= int.from_bytes(entry.digest(), "little")
         self._dirty.add(bucket)
+        self._size += sign * (len(raw) + len(data) + ROW_OVERHEAD)
 
 
 def _fragments(rows: Iterable[tuple[str, Version | None, Version | None, str | None]]) -> Iterator[Fragment]:

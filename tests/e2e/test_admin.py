@@ -32,6 +32,7 @@ def rows(stdout: str) -> dict[str, list[str]]:
         "address",
         "health",
         "keys",
+        "quota",
         "digest",
         "agrees",
         "peers",
@@ -52,7 +53,7 @@ def test_status_from_one_address_finds_the_peer_and_shows_a_row_each(processes: 
     assert done.returncode == 0, done.stderr
     table = rows(done.stdout)
     assert sorted(table) == sorted([s1.name, s2.name])
-    digest, broker = table[s1.name][4], processes.broker.address
+    digest, broker = table[s1.name][5], processes.broker.address
     for server in (s1, s2):
         address = f"127.0.0.1:{server.port}"
         assert table[server.name] == [
@@ -60,6 +61,7 @@ def test_status_from_one_address_finds_the_peer_and_shows_a_row_each(processes: 
             address,
             "SERVING",
             "2",
+            "0%",
             digest,
             "all",
             "1",
@@ -77,11 +79,11 @@ def test_status_tells_a_differing_digest_and_a_server_that_does_not_answer(proce
     done = run_admin("status", f"127.0.0.1:{s1.port}", f"127.0.0.1:{lone.port}", silent)
     assert done.returncode == 1  # one server could not be asked
     table = rows(done.stdout)
-    assert table[s1.name][2:6] == ["SERVING", "0", table[s1.name][4], "none"]
-    assert table["lone"][2:6] == ["SERVING", "1", table["lone"][4], "none"]
-    assert table[s1.name][4] != table["lone"][4]
+    assert table[s1.name][2:7] == ["SERVING", "0", "0%", table[s1.name][5], "none"]
+    assert table["lone"][2:7] == ["SERVING", "1", "0%", table["lone"][5], "none"]
+    assert table[s1.name][5] != table["lone"][5]
     assert table[silent][:6] == [silent, silent, "cannot", "reach", "a", "kvs"]  # and why, in its own words
-    assert table[silent][-5:] == ["-"] * 5
+    assert table[silent][-7:] == ["-"] * 7
 
 
 def test_status_json_and_ids_that_are_not_addresses(processes: Processes) -> None:
@@ -112,6 +114,6 @@ def test_status_shows_the_seconds_since_a_repair_on_both_sides_of_it(processes: 
     assert done.returncode == 0, done.stderr
     table = rows(done.stdout)
     for server in (s1, s2):
-        since = table[server.name][7]
+        since = table[server.name][8]
         assert since.endswith("s"), table  # not "never"
         assert 0 <= int(since.removesuffix("s")) < 60

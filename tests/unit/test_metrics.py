@@ -104,10 +104,10 @@ def test_store_stats_count_keys_versions_and_tombstones() -> None:
     store.put("a", "2")
     store.put("b", "1")
     store.put("c", "1")
-    assert store.stats() == Stats(keys=3, versions=4, tombstones=0)
+    assert store.stats() == Stats(keys=3, versions=4, tombstones=0, bytes=4 * (1 + 1 + 8))
     store.trim("a")  # a floor under a key that still exists is not a tombstone
     store.delete("b")
-    assert store.stats() == Stats(keys=2, versions=2, tombstones=1)
+    assert store.stats() == Stats(keys=2, versions=2, tombstones=1, bytes=2 * (1 + 1 + 8) + 2 * (1 + 8))
     store.join([Fragment("d", floor=5)])  # a tombstone from a peer
     store.join([Fragment("b", versions=((1, "old"),))])  # below b's floor: stays deleted
-    assert store.stats() == Stats(keys=2, versions=2, tombstones=2)
+    assert store.stats() == Stats(keys=2, versions=2, tombstones=2, bytes=2 * (1 + 1 + 8) + 3 * (1 + 8))
