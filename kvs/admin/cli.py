@@ -123,7 +123,9 @@ def describe(servers: Sequence[Server], now: float) -> list[dict[str, object]]:
 
 def table(records: Sequence[dict[str, object]]) -> list[str]:
     """The records as aligned columns, one line per server."""
-    rows = [["id", "address", "health", "keys", "quota", "digest", "agrees", "peers", "last_repair", "broker"]]
+    rows = [
+        ["id", "address", "health", "keys", "quota", "digest", "agrees", "peers", "last_repair", "broker"]
+    ]
     for r in records:
         if "digest" not in r:
             rows.append([str(r["id"]), str(r["address"] or "-"), str(r["health"]), *["-"] * 7])

@@ -77,6 +77,30 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _growth_flags(parser: argparse.ArgumentParser) -> None:
+    """--quota-bytes, --keep-versions, --retention (docs/operations.md, "Growth over time")."""
+    growth = parser.add_argument_group("growth over time (docs/operations.md)")
+    growth.add_argument(
+        "--quota-bytes",
+        type=_typed(parse_size),
+        metavar="SIZE",
+        help="refuse Put and PutAll while the store holds more keys and values than SIZE (512MB, 2GB,"
+        " 1GiB; default: 1/16 of the memory, or with --data-dir 1/4 of the disk's free space)",
+    )
+    growth.add_argument(
+        "--keep-versions",
+        type=_typed(_count),
+        metavar="N",
+        help="each key keeps at most its N newest versions (off: every version)",
+    )
+    growth.add_argument(
+        "--retention",
+        type=_typed(parse_duration),
+        metavar="DURATION",
+        help="drop versions older than DURATION (90s, 15m, 24h, 7d); a key's newest stays (off)",
+    )
+
+
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser = _Parser(prog="server.py", description="Runs one kvs server.")
     parser.add_argument(
@@ -144,26 +168,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         metavar="PORT",
         help="serve Prometheus metrics on http://LISTEN:PORT/metrics (off)",
     )
-    growth = parser.add_argument_group("growth over time (docs/operations.md)")
-    growth.add_argument(
-        "--quota-bytes",
-        type=_typed(parse_size),
-        metavar="SIZE",
-        help="refuse Put and PutAll while the store holds more keys and values than SIZE (512MB, 2GB,"
-        " 1GiB; default: 1/16 of the memory, or with --data-dir 1/4 of the disk's free space)",
-    )
-    growth.add_argument(
-        "--keep-versions",
-        type=_typed(_count),
-        metavar="N",
-        help="each key keeps at most its N newest versions (off: every version)",
-    )
-    growth.add_argument(
-        "--retention",
-        type=_typed(parse_duration),
-        metavar="DURATION",
-        help="drop versions older than DURATION (90s, 15m, 24h, 7d); a key's newest stays (off)",
-    )
+    _growth_flags(parser)
     args = parser.parse_args(argv)
     if args.fsync and args.data_dir is None:
         parser.error("--fsync needs --data-dir")
