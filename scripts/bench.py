@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The kvs benchmark: kvs beside the ceilings of what it is built on, in one run.
 
-    scripts/bench.py [--rounds 3] [--seconds 1.2] [--only throughput|metrics|lag|joiner|stalls|auth]
+    scripts/bench.py [--rounds 3] [--seconds 1.2] [--only throughput|metrics|lag|joiner|stalls|auth|sites]
 
 (from a fresh clone too: it runs ./compile.sh --dev first and re-runs itself in .venv).
 
@@ -17,6 +17,13 @@ The stall part (SPEC guarantee 8) polls a Get every 20 ms from a thread of
 this process while one big call runs from another process (scripts/bench_stall.py):
 a PutAll of 200,000 new keys, a DelRange over them, a Trim of a key with a
 long history. It reports the worst Get latency seen during each.
+
+The sites part (docs/sites.md) starts two mosquittos of its own, on 127.0.0.2 and
+127.0.0.3, b's bridged to a's through a proxy (tests/e2e/linkproxy.py), and
+measures replication lag across the bridge with no added delay and with 50 ms
+each way, next to two servers on one broker in the same run; then the time from
+healing a 60 s cut of the bridge, under writes on both sides, until every write
+is on both servers.
 
 Prints one `name=value` line per figure, then a table with ratios and targets.
 """
@@ -53,12 +60,15 @@ from kvs.net.channel import open_channel  # noqa: E402
 from kvs.storage.datadir import open_data_dir  # noqa: E402
 from kvs.storage.store import Store  # noqa: E402
 from tests.e2e.harness import KvsServer, Mosquitto, Process, free_port, listening, wait_for  # noqa: E402
+from tests.e2e.linkproxy import LinkProxy  # noqa: E402
+from tests.e2e.sites import Site, crosses  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 KEYS = 100_000
 KEYS_ON_DISK = 1_000_000
 RAW_BYTES = KEYS * (16 + 100)  # 16-byte keys, 100-byte values
 LAG_RATE, LAG_SECONDS = 1000, 3
+CUT_SECONDS = 60
 STALL_KEYS = 200_000
 POLL_EVERY = 0.020
 
@@ -250,6 +260,90 @@ class Bench:
                 self._script("bench_mqtt.py", str(self.broker.port), "rate", "2").communicate()[0]
             )
             self.record("mqtt_qos1_rate", "msgs/s", rate["rate"])
+
+    def sites(self) -> None:
+        """Lag across a bridge (no delay, 50 ms each way) next to one broker; a 60 s cut healed."""
+        a = Site(self.work, "a", 2, "bench-sites")
+        b = Site(self.work, "b", 3, "bench-sites")
+        link = b.bridge_to(a)
+        self._keep(a)
+        self._keep(b)
+        try:
+            crosses(b, a)
+            one = [self._site_server(f"one-{i}", "bench-one", a) for i in (1, 2)]
+            near, far = (
+                self._site_server("near", "bench-sites", a),
+                self._site_server("far", "bench-sites", b),
+            )
+            for r in range(self.rounds):
+                runs: list[tuple[str, KvsServer, KvsServer, float]] = [
+                    ("one", one[0], one[1], 0.0),
+                    ("bridge", near, far, 0.0),
+                    ("bridge_50ms", near, far, 0.05),
+                ]
+                for label, source, target, delay in runs:
+                    link.set("pass", delay)
+                    p50, p99 = self._lag(source, target, f"sites{r}{label}-")
+                    self.record(f"sites_lag_p50.{label}", "ms", p50)
+                    self.record(f"sites_lag_p99.{label}", "ms", p99)
+            link.set("pass", 0.0)
+            self._healed_cut(near, far, link)
+        finally:
+            link.stop()
+
+    def _site_server(self, name: str, cluster: str, site: Site) -> KvsServer:
+        server = KvsServer(self.work, name, ["--broker", site.address, "--cluster", cluster])
+        self._keep(server)
+        server.wait_serving()
+        return server
+
+    def _lag(self, source: KvsServer, target: KvsServer, prefix: str) -> tuple[float, float]:
+        count = LAG_RATE * LAG_SECONDS
+        wait_for("the pair to converge", lambda: source.status().digest == target.status().digest, 120)
+        watcher = self._script("bench_lag.py", "watch", address(target), str(count), prefix)
+        writer = self._script("bench_lag.py", "write", address(source), str(LAG_RATE), str(count), prefix)
+        acked = json.loads(writer.communicate(timeout=300)[0])
+        seen = json.loads(watcher.communicate(timeout=300)[0])
+        lags = sorted(max(0.0, s - a) * 1000 for a, s in zip(acked, seen, strict=True))
+        return statistics.median(lags), lags[int(len(lags) * 0.99)]
+
+    def _healed_cut(self, near: KvsServer, far: KvsServer, link: LinkProxy) -> None:
+        """Writes on both sides through a CUT_SECONDS cut; from the heal, how long until every
+        write is on both servers (and until the bridge carries messages again)."""
+        stop = threading.Event()
+        written = [0, 0]
+
+        def write(server: KvsServer, side: int) -> None:
+            stub = server.stub
+            while not stop.is_set():
+                stub.Put(pb.KeyValueRequest(key=f"cut{side}-{written[side]:07}", val="v" * 100))
+                written[side] += 1
+                time.sleep(0.001)  # a steady stream, not a flood: about 500 writes/s a side
+
+        writers = [threading.Thread(target=write, args=(server, i)) for i, server in enumerate((near, far))]
+        for thread in writers:
+            thread.start()
+        time.sleep(2)
+        link.set("cut")
+        time.sleep(CUT_SECONDS)
+        link.set("pass")
+        healed = time.monotonic()
+        a, b = (site for site in self.processes if isinstance(site, Site))
+        crosses(b, a, timeout=60)
+        self.record("sites_heal_bridge_up", "s", time.monotonic() - healed)
+        stop.set()
+        for thread in writers:
+            thread.join(30)
+        total = sum(written)
+
+        def everywhere() -> bool:
+            return all(server.status().keys >= total for server in (near, far))
+
+        wait_for("every write on both sites", everywhere, 300, every=0.1)
+        self.record("sites_heal_everywhere", "s", time.monotonic() - healed)
+        self.record("sites_cut_writes", "writes", total)
+        converged = near.status().digest == far.status().digest
+        self.record("sites_converged", "bool", float(converged))
 
     def auth(self) -> None:
         """Put and PutAll with replication signed (HMAC-SHA256) and unsigned, on pairs started alike,
@@ -451,6 +545,11 @@ COMPARISONS = [
     ),
     Comparison("lag p50 at 1000/s", "lag_p50", "lag_p50.mqtt", "", lambda r: True),
     Comparison("lag p99 at 1000/s", "lag_p99", "lag_p99.mqtt", "<= 10 ms", lambda r: True),
+    Comparison("lag p50 bridge", "sites_lag_p50.bridge", "sites_lag_p50.one", "", lambda r: True),
+    Comparison("lag p99 bridge", "sites_lag_p99.bridge", "sites_lag_p99.one", "", lambda r: True),
+    Comparison("lag p50 bridge 50ms", "sites_lag_p50.bridge_50ms", "sites_lag_p50.one", "", lambda r: True),
+    Comparison("lag p99 bridge 50ms", "sites_lag_p99.bridge_50ms", "sites_lag_p99.one", "", lambda r: True),
+    Comparison("60 s cut: everywhere", "sites_heal_everywhere", "", "<= 10 s", lambda r: True),
     Comparison("late joiner SERVING", "joiner_serving", "joiner_empty_serving", "<= 2 s", lambda r: True),
     *(
         Comparison(f"Get while {call}", f"stall_{call}_get_max", "", "< 250 ms", lambda r: True)
@@ -486,6 +585,7 @@ COMPARISONS = [
     ),
 ]
 ABSOLUTE = {
+    "sites_heal_everywhere": lambda v: v <= 10,
     "lag_p99": lambda v: v <= 10,
     "joiner_serving": lambda v: v <= 2,
     **{f"stall_{call}_get_max": lambda v: v < 250 for call in ("idle", "putall", "delrange", "trim")},
@@ -530,8 +630,10 @@ def report(bench: Bench) -> None:
     print(f"medians of {bench.rounds} rounds; throughput windows of {bench.seconds} s after a 0.5 s warm-up")
 
 
-PARTS = ["throughput", "metrics", "auth", "lag", "joiner", "stalls", "disk", "restart"]
-DEFAULT_PARTS = PARTS[:-1]  # restart fills a million keys first: a minute or two more
+PARTS = ["throughput", "metrics", "auth", "lag", "joiner", "stalls", "disk", "sites", "restart"]
+DEFAULT_PARTS = PARTS[:-2]  # sites cuts a bridge for a minute; restart fills a million keys first
+ALONE = {"sites"}
+"""Parts that start every process they need: the shared servers are not started for them."""
 
 
 def main() -> int:
@@ -550,7 +652,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="kvs-bench-") as work:
         bench = Bench(args.rounds, args.seconds, Path(work), args.trim_versions)
         try:
-            bench.start()
+            if set(parts) - ALONE:
+                bench.start()
             for part in parts:
                 getattr(bench, part)()
         finally:

@@ -139,3 +139,46 @@ def test_a_joiner_on_a_cut_off_site_waits_for_the_far_side(processes: Processes,
     s3.wait_serving(timeout=30)
     assert s3.stub.Get(pb.KeyRequest(key="during")).val == "the cut"
     converged([s1, s2, s3])
+
+
+@pytest.mark.slow
+def test_a_star_of_three_sites_and_a_hub_restarted_empty(processes: Processes) -> None:
+    """Sites a and b bridge to a hub; servers on all three replicate. The hub is killed (-9) and
+    restarted empty under writes on a and b: every acknowledged write ends on every server."""
+    hub = Site(processes.log_dir, "hub", 2, processes.cluster)
+    spokes = [Site(processes.log_dir, name, n, processes.cluster) for name, n in (("a", 3), ("b", 4))]
+    processes.started += [hub, *spokes]
+    hub.start()
+    for spoke in spokes:
+        spoke.bridge_to(hub)
+        spoke.start()
+    try:
+        for spoke in spokes:
+            crosses(spoke, hub)
+        crosses(spokes[0], spokes[1])
+        s1, s2, s3 = (server(processes, f"s{i}", site) for i, site in enumerate([*spokes, hub], 1))
+        replicates(s1, s2, "a-to-b")
+        replicates(s2, s3, "b-to-hub")
+        with Writer([s1], "a") as on_a, Writer([s2], "b") as on_b:
+            on_a.wait_for(100)
+            hub.kill()
+            on_a.wait_for(200)
+            on_b.wait_for(200)
+            hub.start()
+            crosses(spokes[0], spokes[1])
+            healed = time.monotonic()
+            on_a.wait_for(100)
+        acknowledged = {**on_a.acknowledged, **on_b.acknowledged}
+
+        def everywhere() -> bool:
+            return all(len(s.dump()) >= len(acknowledged) + 2 for s in (s1, s2, s3))
+
+        wait_for("every acknowledged write on every server", everywhere, timeout=20)
+        took = time.monotonic() - healed
+        held = {fragment.key for fragment in converged([s1, s2, s3])}
+        lost = [key for key in acknowledged if key not in held]
+        print(f"acked {len(acknowledged)} lost {len(lost)}; everywhere {took:.1f} s after the bridges healed")
+        assert not lost
+    finally:
+        for spoke in spokes:
+            spoke.stop_links()
