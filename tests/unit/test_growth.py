@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvs.storage.datadir import STORE_FILE, open_data_dir
-from kvs.storage.store import KEEP_INLINE, Bound, Fragment, Store
+from kvs.storage.store import KEEP_INLINE, Bound, Entry, Fragment, Store
 from tests.clock import Clock
 from tests.unit.test_store_properties import fragments
 
@@ -178,3 +178,16 @@ def test_freed_pages_go_back_to_the_file_system(tmp_path: Path) -> None:
     store.checkpoint()
     assert (tmp_path / STORE_FILE).stat().st_size < full / 4
     store.close()
+
+
+def test_the_read_at_a_dropped_version_of_docs_contract() -> None:
+    # docs/contract.md, "Growth over time": --keep-versions 2 after versions 100, 200 and 300 of k.
+    clock = Clock(100)
+    store = Store(clock, keep_versions=2)
+    for ver, val in ((100, "a"), (200, "b"), (300, "c")):
+        clock.now = ver
+        store.put("k", val)
+    assert store.get("k", 150) == Entry("k", "", 150)
+    assert store.get("k", 250) == Entry("k", "b", 200)
+    assert store.get("k") == Entry("k", "c", 300)
+    assert store.get_range("k", "k", 150) == [Entry("k", "", 150)]
