@@ -4,10 +4,10 @@ keys on which replicas differ, and whether each server's digest agrees.
 kvs/admin/web.py feeds these from the servers' Admin service and pushes their
 results to the page. Times are seconds (time.time()), passed in.
 
-Thinning, by example (at most RATE lines a second per server, in a bucket of
-RATE tokens): a batch that finds a token and nothing folded is shown as its own
+Thinning, by example (at most `rate` (4) lines a second per server, in a bucket of
+`rate` tokens): a batch that finds a token and nothing folded is shown as its own
 line. A batch that finds none starts a fold; every batch until the fold is
-WINDOW seconds old joins it, and then the fold is shown as one line that says
+`window` (0.5) seconds old joins it, and then the fold is shown as one line that says
 how many batches (and keys) it holds. No batch is dropped without being counted.
 """
 
@@ -84,7 +84,7 @@ class Line:
 class Thinner:
     """A server's batches as lines: one each while they come slowly, folded past `rate` a second."""
 
-    def __init__(self, rate: float = 4.0, window: float = 1.0) -> None:
+    def __init__(self, rate: float = 4.0, window: float = 0.5) -> None:
         self.rate = rate
         self.window = window
         self._burst = max(1.0, rate)

@@ -50,7 +50,7 @@ setInterval(() => {
 
 function healthBadge(s) {
   if (s.serving) return el("span", { className: "badge ok health" }, "✔ SERVING");
-  if (s.answered && s.caught_up === false) return el("span", { className: "badge warn health" }, "⏳ CATCHING UP");
+  if (s.answered && s.caught_up === false) return el("span", { className: "badge warn health" }, "↻ CATCHING UP");
   if (s.answered) return el("span", { className: "badge bad health" }, `✖ ${s.health}`);
   return el("span", { className: "badge bad health" }, `✖ NOT SERVING (${s.health.toLowerCase()})`);
 }
@@ -81,7 +81,7 @@ function card(s) {
   row("lag", s.lag_ms === null ? "not timed yet (Put through this page)"
     : el("span", {}, `${s.lag_ms.toFixed(0)} ms, timed `, live(s.lag_at, ago)));
   row("applied", `${count(s.batches, "batch", "batches")} (${count(s.batch_keys, "key", "keys")}) from peers`);
-  if (s.joining_since) row("catch-up", "⏳ catching up for ", live(s.joining_since, since));
+  if (s.joining_since) row("catch-up", "↻ catching up for ", live(s.joining_since, since));
   else if (s.caught_up_after !== null) row("catch-up", `✔ caught up within ${s.caught_up_after} s`);
   return el("article", {
     className: `card ${kind}`, "data-address": s.address, "data-id": s.id, "data-health": s.health,
@@ -184,7 +184,7 @@ function lineNode(line) {
   const text = line.folded
     ? `⋯ ${line.folded.toLocaleString("en")} batches folded, from ${from}: ${keys}${lag}`
     : `← ${from}: ${keys}${lag}`;
-  return el("li", { className: line.folded ? "folded fresh" : "fresh" }, el("span", { className: "t" }, clock(line.at)), " ", text);
+  return el("li", { className: line.folded ? "folded fresh" : "fresh", "data-at": line.at }, el("span", { className: "t" }, clock(line.at)), " ", text);
 }
 
 function addLine(address, line, fresh = true) {
