@@ -9,7 +9,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,9 @@ from kvs._gen import kvs_pb2 as pb
 from tests.e2e.conftest import Processes
 from tests.e2e.harness import ROOT, KvsServer, Process, free_port, listening, run_client, wait_for
 from tests.e2e.test_admin import addressed
+from tests.e2e.test_tls import Certs, certs, tls_server
+
+__all__ = ["certs"]  # the fixture, shared with test_tls
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -81,9 +84,9 @@ class Page:
         return wait_for(what, check, timeout, every=0.05)
 
 
-def start_web(processes: Processes, *addresses: str) -> str:
+def start_web(processes: Processes, *addresses: str, flags: Sequence[str] = ()) -> str:
     port = free_port()
-    argv = [str(ROOT / "scripts" / "admin.sh"), "web", *addresses, "--port", str(port)]
+    argv = [str(ROOT / "scripts" / "admin.sh"), "web", *addresses, "--port", str(port), *flags]
     web = Process("web", argv, processes.log_dir)
     processes.started.append(web)
     web.start()
@@ -282,3 +285,24 @@ def test_a_forced_disagreement_shows_the_differing_keys_and_then_clears(
     assert all(cards[n]["keys"] == "2" for n in names)
     assert "all replicas that answer agree again" in page.text("events")
     page.shot("7-agree-again")
+
+
+def test_the_view_speaks_mutual_tls_with_the_admin_tools_flags(
+    processes: Processes, browser: webdriver.Chrome, tmp_path: Path, certs: Certs
+) -> None:
+    server = tls_server(processes, certs, mutual=True)
+    address = f"127.0.0.1:{server.port}"
+    flags = [
+        "--tls-ca",
+        str(certs.ca),
+        "--tls-cert",
+        str(certs.client_cert),
+        "--tls-key",
+        str(certs.client_key),
+    ]
+    page = open_page(browser, start_web(processes, address, flags=flags), tmp_path)
+    page.wait_cards("the SERVING card", lambda c: c.get("tls1", {}).get("health") == "SERVING")
+    browser.find_element(By.ID, "kv-put").click()
+    wait_for("the put's answer", lambda: "version" in page.text("kv-result"))
+    assert page.text("kv-result").startswith("✔ put 'fruit' = 'banana' on tls1")
+    page.wait_cards("the key counted", lambda c: c["tls1"]["keys"] == "1")
