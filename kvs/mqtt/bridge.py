@@ -40,7 +40,8 @@ class Bridge:
             # Mosquitto 2.0.11 ignores one number here; with two, a cut bridge retries every second.
             "restart_timeout 1 1",
             "keepalive_interval 10",
-            "notifications false",
+            # $SYS/broker/connection/<id>/state on both brokers: joiners wait while it is down.
+            "notifications true",
         ]
         if self.user is not None:
             lines.append(f"remote_username {self.user}")

@@ -24,7 +24,7 @@ from kvs.replication.codec import Codec, chunks
 from kvs.replication.droplog import DropLog
 from kvs.replication.sending import Outbox
 from kvs.replication.sync import Sync
-from kvs.replication.topics import UPTIME, Topics, recipient, uptime
+from kvs.replication.topics import UPTIME, Topics, bridge_state, recipient, uptime
 from kvs.replication.transport import SYSTEM_CLOCK, Clock, Opener
 from kvs.service.replicated import join_in_slices
 from kvs.storage.store import Fragment, Store
@@ -243,6 +243,10 @@ class Replicator:
         if topic == UPTIME:
             if (seconds := uptime(payload)) is not None:
                 self._run(self._sync.broker_uptime(seconds, now))
+            return
+        if topic.startswith("$SYS/"):
+            if (bridge := bridge_state(topic, payload)) is not None:
+                self._run(self._sync.bridge(*bridge, retained, now))
             return
         try:
             message = self._topics.check(topic, self._codec.decode(payload))

@@ -13,7 +13,9 @@ over many schedules (tests/sim.py). The rules, at length in docs/replication.md:
   drops replays and forgets peers that left and went silent.
 - A joiner serves once every present peer has answered its request
   completely, and the broker has been up SETTLE seconds (after a restart, the
-  peers need that long to publish their presences again).
+  peers need that long to publish their presences again); with bridges to other
+  sites' brokers, once every bridge is up and SETTLE seconds after one came up
+  (the far side's presences cross in that time).
 - A skipped batch number, or a digest naming a batch never seen, makes the receiver
   ask that peer at once for its batches since (kvs/replication/sending.py) (guarantee 6).
 - A bucket that differs the same way in two periodic digests in a row is
@@ -63,6 +65,8 @@ class Sync:
     _presence_at: float = 0.0
     _awaiting: set[str] | None = None  # while joining: peers whose answer we wait for
     _broker_since: float | None = None  # when the broker started, as far as we know
+    _bridges: dict[str, bool] = field(default_factory=dict)  # the broker's bridges: up or down
+    _bridged_since: float | None = None  # when one of them last came up while we watched
     _requests: Iterator[int] = field(init=False)
     _published: Digests | None = None
     _quiet: int = 0
@@ -91,6 +95,18 @@ class Sync:
         """The broker's `$SYS/broker/uptime`: retained presences are complete SETTLE s after its start."""
         self._broker_since = now - seconds
         return []
+
+    def bridge(self, name: str, up: bool, retained: bool, now: float) -> list[Action]:
+        """A bridge of the broker to another site's (Mosquitto's notification; `retained`: its state
+        when we subscribed). Presences from the far side arrive once it is up: a joiner waits for all
+        the bridges to be up, and SETTLE s after one came up (docs/sites.md)."""
+        was = self._bridges.get(name)
+        self._bridges[name] = up
+        if up and not retained:
+            self._bridged_since = now
+        if was == up or self.serving:
+            return []
+        return [Note(f"the broker's bridge {name} is {'up' if up else 'down'}")]
 
     def subscribed(self, now: float) -> list[Action]:
         self._presence_at = now
@@ -263,7 +279,12 @@ class Sync:
     def _check_serving(self, now: float) -> list[Action]:
         if self.serving or self._awaiting is None or not self._echoed:
             return []
-        settled = self.fresh or (self._broker_since is not None and now >= self._broker_since + self.settle)
+        since = self._broker_since
+        if since is not None and self._bridged_since is not None:
+            since = max(since, self._bridged_since)
+        settled = self.fresh or (since is not None and now >= since + self.settle)
+        if not all(self._bridges.values()):  # cut off from another site: its state is out of reach
+            settled = False
         waiting = [p for p in self._awaiting if p in self.peers and self.peers[p].asked]
         if not settled or waiting:
             return []

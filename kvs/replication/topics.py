@@ -17,6 +17,9 @@ from kvs.errors import CodecError
 from kvs.replication.codec import Batch, Digest, Message, Presence, Transfer
 
 UPTIME: Final = "$SYS/broker/uptime"
+BRIDGES: Final = "$SYS/broker/connection/+/state"
+"""Mosquitto's bridge notifications ("1" up, "0" down), retained: a joiner does not trust its broker's
+presences while one of its bridges is down, nor until SETTLE s after one came up (docs/sites.md)."""
 """Mosquitto's age in seconds ("42 seconds"): a joiner trusts retained presences once it is old enough."""
 
 
@@ -47,6 +50,7 @@ class Topics:
             (self.route(self.node_id), 1, False),
             (self.presence("+"), 1, False),
             (UPTIME, 0, False),
+            (BRIDGES, 0, False),
         ]
 
     def check(self, topic: str, message: Message) -> Message:
@@ -80,3 +84,13 @@ def uptime(payload: bytes) -> int | None:
 def recipient(route: str) -> str:
     """Who a message on `route` is signed for: a peer's id for its inbox, else everyone ("")."""
     return "" if route in ("batch", "digest", "presence") else route
+
+
+def bridge_state(topic: str, payload: bytes) -> tuple[str, bool] | None:
+    """(bridge, up) from a Mosquitto bridge notification on BRIDGES, if that is what it is."""
+    parts = topic.split("/")
+    if len(parts) != 5 or parts[:3] != ["$SYS", "broker", "connection"] or parts[4] != "state":
+        return None
+    if payload not in (b"0", b"1"):
+        return None
+    return parts[3], payload == b"1"

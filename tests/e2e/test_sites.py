@@ -128,7 +128,7 @@ def test_a_joiner_on_a_cut_off_site_waits_for_the_far_side(processes: Processes,
     waits for a's servers, reports SERVING only after the heal, and then holds everything."""
     a, b = sites
     s1, s2 = server(processes, "s1", a), server(processes, "s2", b)
-    s1.stub.PutAll(iter(pb.KeyValueRequest(key=f"k{i:04}", val="v") for i in range(500)))
+    list(s1.stub.PutAll(iter([pb.KeyValueRequest(key=f"k{i:04}", val="v") for i in range(500)])))
     converged([s1, s2])
     b.links["a"].set("cut")
     s1.stub.Put(pb.KeyValueRequest(key="during", val="the cut"))
@@ -138,6 +138,7 @@ def test_a_joiner_on_a_cut_off_site_waits_for_the_far_side(processes: Processes,
     b.links["a"].set("pass")
     s3.wait_serving(timeout=30)
     assert s3.stub.Get(pb.KeyRequest(key="during")).val == "the cut"
+    assert s3.status().keys >= 501
     converged([s1, s2, s3])
 
 
@@ -182,3 +183,27 @@ def test_a_star_of_three_sites_and_a_hub_restarted_empty(processes: Processes) -
     finally:
         for spoke in spokes:
             spoke.stop_links()
+
+
+def test_a_joiner_on_a_site_whose_broker_started_cut_off(processes: Processes) -> None:
+    """Site b's broker starts while its bridge is cut (no far presences), a joiner starts on it, and
+    the bridge heals a moment later: the joiner must not report SERVING without a's keys."""
+    a = Site(processes.log_dir, "a", 2, processes.cluster)
+    b = Site(processes.log_dir, "b", 3, processes.cluster)
+    processes.started += [a, b]
+    a.start()
+    link = b.bridge_to(a)
+    try:
+        s1 = server(processes, "s1", a)
+        list(s1.stub.PutAll(iter([pb.KeyValueRequest(key=f"k{i:04}", val="v") for i in range(2000)])))
+        link.set("cut")
+        b.start()
+        s3 = server(processes, "s3", b, wait=False)
+        wait_for("s3 joining", lambda: "joining" in s3.log())
+        time.sleep(1.5)
+        link.set("pass")
+        s3.wait_serving(timeout=30)
+        keys = s3.status().keys
+        assert keys >= 2000, f"SERVING with {keys} of 2000 keys"
+    finally:
+        link.stop()

@@ -332,3 +332,29 @@ def test_only_the_echo_of_our_own_presence_counts_not_its_retained_copy() -> Non
     assert sync.message(ours, 0.1, ZERO, retained=True) == []  # from an earlier connection
     assert "Serve" in kinds(sync.message(ours, 0.2, ZERO))  # the echo: nobody else is up
     assert sync.message(ours, 0.3, ZERO) == []  # once per connection
+
+
+def test_a_joiner_does_not_serve_while_a_bridge_of_its_broker_is_down() -> None:
+    """Site b's broker started cut off from site a: no presence of a's servers is on it. The joiner
+    waits for the bridge, then SETTLE s for a's presences to cross, then for a's servers."""
+    sync, s2 = Sync("s1"), Peer("s2")
+    sync.connected_to_broker(0.0)
+    sync.broker_uptime(1000, 0.0)
+    sync.subscribed(0.0)
+    sync.bridge("kvs-b-to-a", False, True, 0.0)  # retained: the bridge's state when we subscribed
+    assert "Serve" not in kinds(sync.own_presence(0.0, ZERO))
+    assert sync.poll(10.0) == []
+    sync.bridge("kvs-b-to-a", True, False, 10.0)  # the bridge heals
+    assert "Serve" not in kinds(sync.poll(10.0 + SETTLE - 0.1))
+    request = request_to(sync.message(s2.says(Presence()), 10.5, ZERO), "s2")  # a's presence crossed
+    assert sync.poll(10.0 + SETTLE) == []
+    assert kinds(answer(sync, s2, request, 11.0 + SETTLE)) == ["Apply", "Serve"]
+
+
+def test_a_bridge_up_before_the_joiner_subscribed_does_not_delay_it() -> None:
+    sync = Sync("s1")
+    sync.connected_to_broker(0.0)
+    sync.broker_uptime(1000, 0.0)
+    sync.subscribed(0.0)
+    sync.bridge("kvs-b-to-a", True, True, 0.0)
+    assert kinds(sync.own_presence(0.0, ZERO)) == ["Publish", "Serve"]
