@@ -191,6 +191,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     if args.broker_password_file and not args.broker_user:
         parser.error("--broker-password-file needs --broker-user")
     broker_is_default = args.broker is None and args.broker_user is None and args.broker_tls_ca is None
+    broker_is_default = broker_is_default and len(brokers) == 1  # a list names brokers of yours
     tls = None
     if args.tls_cert or args.tls_key or args.tls_client_ca:
         if not (args.tls_cert and args.tls_key):

@@ -133,3 +133,14 @@ def test_a_refused_subscription_is_said_and_counts_as_not_connected(processes: P
     assert "kvs_replication_broker_connected 0.0" in scraped
     assert deaf.log().count("refused the subscription") == 1, deaf.log()
     assert f"{cluster}/digest" in deaf.log()
+
+
+def test_the_first_broker_that_answers_is_used(processes: Processes) -> None:
+    """--broker DEAD,LIVE (in KVS_BROKER here): the server skips what does not answer, says so."""
+    dead = f"127.0.0.1:{free_port()}"
+    live = processes.broker.address
+    s1 = processes.server("s1")
+    s2 = processes.server("s2", env={"KVS_BROKER": f"{dead},{live}"})
+    assert s2.status().broker == live
+    assert dead in s2.log()
+    replicates(s1, s2, "k")
