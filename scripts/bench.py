@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """The kvs benchmark: kvs beside the ceilings of what it is built on, in one run.
 
-    scripts/bench.py [--rounds 3] [--seconds 1.2] [--only throughput|metrics|lag|joiner|stalls|auth|sites]
+    scripts/bench.sh [--rounds 3] [--seconds 1.2] [--only throughput|metrics|lag|joiner|stalls|auth|sites]
 
-(from a fresh clone too: it runs ./compile.sh --dev first and re-runs itself in .venv).
+(scripts/bench.sh runs ./compile.sh --dev first, then this file in .venv).
 
-Starts, on free loopback ports: a private mosquitto configured as kvs's own;
+Starts, on reserved loopback ports (kvs.local): a private mosquitto configured as kvs's own;
 kvs servers (replication on: each measured server has a second one
 subscribed); and bare grpcio servers with trivial handlers ("echo", in three
 server styles: thread pool, grpc.aio, grpc.aio on uvloop). Load comes from
@@ -19,7 +19,7 @@ a PutAll of 200,000 new keys, a DelRange over them, a Trim of a key with a
 long history. It reports the worst Get latency seen during each.
 
 The sites part (docs/sites.md) starts two mosquittos of its own, on 127.0.0.2 and
-127.0.0.3, b's bridged to a's through a proxy (tests/e2e/linkproxy.py), and
+127.0.0.3, b's bridged to a's through a proxy (kvs/local/linkproxy.py), and
 measures replication lag across the bridge with no added delay and with 50 ms
 each way, next to two servers on one broker in the same run; then the time from
 healing a 60 s cut of the bridge, under writes on both sides, until every write
@@ -45,25 +45,29 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
+from kvs._gen import kvs_pb2 as pb
+from kvs._gen import kvs_pb2_grpc as pb_grpc
+from kvs.local.linkproxy import LinkProxy
+from kvs.local.processes import (
+    SERVER,
+    SOURCE,
+    LocalBroker,
+    LocalServer,
+    Process,
+    Reservation,
+    port_open,
+    wait_for,
+)
+from kvs.local.sites import Site, crosses
+from kvs.net.channel import open_channel
+from kvs.storage.datadir import open_data_dir
+from kvs.storage.store import Store
+
 ROOT = Path(__file__).resolve().parents[1]
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
-if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():  # not yet in the project's environment
-    subprocess.run([str(ROOT / "compile.sh"), "--dev"], check=True)
-    os.execv(PYTHON, [PYTHON, __file__, *sys.argv[1:]])
-sys.path.insert(0, str(ROOT))
-
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
-from kvs._gen import kvs_pb2 as pb  # noqa: E402
-from kvs._gen import kvs_pb2_grpc as pb_grpc  # noqa: E402
-from kvs.net.channel import open_channel  # noqa: E402
-from kvs.storage.datadir import open_data_dir  # noqa: E402
-from kvs.storage.store import Store  # noqa: E402
-from tests.e2e.harness import KvsServer, Mosquitto, Process, free_port, listening, wait_for  # noqa: E402
-from tests.e2e.linkproxy import LinkProxy  # noqa: E402
-from tests.e2e.sites import Site, crosses  # noqa: E402
-
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+PYTHON = sys.executable
+ENV = {**os.environ, "PYTHONPATH": str(SOURCE)}  # the helper scripts run this very kvs
 KEYS = 100_000
 KEYS_ON_DISK = 1_000_000
 RAW_BYTES = KEYS * (16 + 100)  # 16-byte keys, 100-byte values
@@ -103,24 +107,25 @@ class Bench:
         self.work = work
         self.figures: dict[str, Figure] = {}
         self.processes: list[Process] = []
+        self.ports: list[Reservation] = []
         self.cpu_per_call = 0.0  # seconds, of the last `load` given a server
 
     # Processes ---------------------------------------------------------------
 
     def start(self) -> None:
-        self.broker = Mosquitto(self.work)
+        self.broker = LocalBroker(self.work)
         self._keep(self.broker)
         self.pair = self._pair("bench", [])
         self.kvs = address(self.pair[0])
         self.kvs_asyncio = address(self._pair("bench-asyncio", ["--event-loop", "asyncio"])[0])
         self.kvs_alone = address(self._server("alone-1", "bench-alone", []))  # what the peer costs
         # Two more pairs, started alike, one with --metrics-port on both servers: what metrics cost.
-        self.metrics_port = free_port()
+        self.metrics_port = self._port()
         self.metrics_pairs = {  # started in turn, so that neither pair is the older
             "on": self._server("metrics-1", "bench-metrics", ["--metrics-port", str(self.metrics_port)]),
             "off": self._server("no-metrics-1", "bench-no-metrics", []),
         }
-        self._server("metrics-2", "bench-metrics", ["--metrics-port", str(free_port())])
+        self._server("metrics-2", "bench-metrics", ["--metrics-port", str(self._port())])
         self._server("no-metrics-2", "bench-no-metrics", [])
         self.echo = {style: self._echo(style) for style in ("uvloop", "aio", "sync")}
 
@@ -128,36 +133,47 @@ class Bench:
         self.processes.append(process)
         process.start()
 
-    def _server(self, name: str, cluster: str, extra: list[str], unsigned: bool = False) -> KvsServer:
-        server = KvsServer(self.work, name, ["--broker", self.broker.address, "--cluster", cluster, *extra])
-        if unsigned:  # the same server with replication tags off (scripts/bench_noauth.py)
-            server.argv[:1] = [PYTHON, str(ROOT / "scripts" / "bench_noauth.py")]
+    def _port(self) -> int:
+        """A loopback port reserved until the bench ends."""
+        self.ports.append(Reservation())
+        return self.ports[-1].port
+
+    def _server(self, name: str, cluster: str, extra: list[str], unsigned: bool = False) -> LocalServer:
+        # unsigned: the same server with replication tags off (scripts/bench_noauth.py)
+        command = [PYTHON, str(ROOT / "scripts" / "bench_noauth.py")] if unsigned else SERVER
+        server = LocalServer(
+            self.work, name, ["--broker", self.broker.address, "--cluster", cluster, *extra], command=command
+        )
         self._keep(server)
         server.wait_serving()
         return server
 
-    def _pair(self, cluster: str, extra: list[str]) -> tuple[KvsServer, KvsServer]:
+    def _pair(self, cluster: str, extra: list[str]) -> tuple[LocalServer, LocalServer]:
         """The measured server and its peer, which replication keeps in step."""
         return self._server(f"{cluster}-1", cluster, extra), self._server(f"{cluster}-2", cluster, extra)
 
     def _echo(self, style: str) -> str:
-        port = free_port()
+        port = self._port()
         self._keep(
-            Process(f"echo-{style}", [PYTHON, "scripts/bench_echo.py", style, str(port)], self.work, ENV)
+            Process(
+                f"echo-{style}", [PYTHON, "scripts/bench_echo.py", style, str(port)], self.work, ENV, cwd=ROOT
+            )
         )
-        wait_for(f"echo-{style}", lambda: listening(port))
+        wait_for(f"echo-{style}", lambda: port_open(port))
         return f"127.0.0.1:{port}"
 
     def stop(self) -> None:
         for process in reversed(self.processes):
-            process.stop()
+            process.close()
+        for reservation in self.ports:
+            reservation.release()
 
     # Measurements ------------------------------------------------------------
 
     def record(self, name: str, unit: str, value: float) -> None:
         self.figures.setdefault(name, Figure(name, unit)).values.append(value)
 
-    def load(self, address: str, mode: str, concurrency: int, server: KvsServer | None = None) -> float:
+    def load(self, address: str, mode: str, concurrency: int, server: LocalServer | None = None) -> float:
         """Calls (or streamed messages) per second from client processes, 8 calls in flight each at most.
 
         With `server`, also records the CPU time that server spent per call (over every call
@@ -276,7 +292,7 @@ class Bench:
                 self._site_server("far", "bench-sites", b),
             )
             for r in range(self.rounds):
-                runs: list[tuple[str, KvsServer, KvsServer, float]] = [
+                runs: list[tuple[str, LocalServer, LocalServer, float]] = [
                     ("one", one[0], one[1], 0.0),
                     ("bridge", near, far, 0.0),
                     ("bridge_50ms", near, far, 0.05),
@@ -291,13 +307,13 @@ class Bench:
         finally:
             link.stop()
 
-    def _site_server(self, name: str, cluster: str, site: Site) -> KvsServer:
-        server = KvsServer(self.work, name, ["--broker", site.address, "--cluster", cluster])
+    def _site_server(self, name: str, cluster: str, site: Site) -> LocalServer:
+        server = LocalServer(self.work, name, ["--broker", site.address, "--cluster", cluster])
         self._keep(server)
         server.wait_serving()
         return server
 
-    def _lag(self, source: KvsServer, target: KvsServer, prefix: str) -> tuple[float, float]:
+    def _lag(self, source: LocalServer, target: LocalServer, prefix: str) -> tuple[float, float]:
         count = LAG_RATE * LAG_SECONDS
         wait_for("the pair to converge", lambda: source.status().digest == target.status().digest, 120)
         watcher = self._script("bench_lag.py", "watch", address(target), str(count), prefix)
@@ -307,13 +323,13 @@ class Bench:
         lags = sorted(max(0.0, s - a) * 1000 for a, s in zip(acked, seen, strict=True))
         return statistics.median(lags), lags[int(len(lags) * 0.99)]
 
-    def _healed_cut(self, near: KvsServer, far: KvsServer, link: LinkProxy) -> None:
+    def _healed_cut(self, near: LocalServer, far: LocalServer, link: LinkProxy) -> None:
         """Writes on both sides through a CUT_SECONDS cut; from the heal, how long until every
         write is on both servers (and until the bridge carries messages again)."""
         stop = threading.Event()
         written = [0, 0]
 
-        def write(server: KvsServer, side: int) -> None:
+        def write(server: LocalServer, side: int) -> None:
             stub = server.stub
             while not stop.is_set():
                 stub.Put(pb.KeyValueRequest(key=f"cut{side}-{written[side]:07}", val="v" * 100))
@@ -370,7 +386,7 @@ class Bench:
         for r in range(self.rounds):
             for cluster, name in (("bench-empty", "joiner_empty"), ("bench-join", "joiner")):
                 start = time.monotonic()
-                joiner = KvsServer(
+                joiner = LocalServer(
                     self.work, f"{cluster}-late{r}", ["--broker", self.broker.address, "--cluster", cluster]
                 )
                 self.processes.append(joiner)
@@ -445,7 +461,7 @@ class Bench:
         for r in range(self.rounds):
             for data, name in ((empty, "restart_empty"), (full, "restart")):
                 start = time.monotonic()
-                server = KvsServer(
+                server = LocalServer(
                     self.work,
                     f"restart-{name}-{r}",
                     ["--broker", self.broker.address, "--cluster", "bench-restart", "--data-dir", str(data)],
@@ -489,8 +505,8 @@ class Poller:
         return self.worst * 1000
 
 
-def address(server: KvsServer) -> str:
-    return f"127.0.0.1:{server.port}"
+def address(server: LocalServer) -> str:
+    return server.address
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -1,7 +1,7 @@
 """The Mosquitto bridge that carries one kvs cluster between two sites' brokers.
 
 One place for the lines docs/sites.md explains, used by the tests that start
-bridged brokers (tests/e2e/sites.py). Pure: it returns text.
+bridged brokers (kvs/local/sites.py). Pure: it returns text.
 """
 
 from __future__ import annotations

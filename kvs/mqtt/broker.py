@@ -47,7 +47,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,14 +67,10 @@ USER: Final = "kvs"
 """The one user of the private broker."""
 
 # What every broker kvs starts is set to (docs/performance.md, "Measured facts"): Nagle
-# off, a queue long enough that a busy subscriber is not dropped from, nothing on disk. And
-# no anonymous clients. `user`: run as root, mosquitto would otherwise become
-# the user `mosquitto`, who cannot read the 0600 password file.
-CONFIG = """\
-listener 0 {socket}
-allow_anonymous false
-password_file {home}/passwd
-acl_file {home}/acl
+# off, a queue long enough that a busy subscriber is not dropped from, nothing on disk.
+# `user`: run as root, mosquitto would otherwise become the user `mosquitto`, who
+# cannot read the 0600 password file (as any other user, mosquitto ignores it).
+SETTINGS = """\
 user {system_user}
 sys_interval 1
 set_tcp_nodelay true
@@ -116,6 +112,48 @@ def private_auth(port: int) -> BrokerAuth:
     path = private_password_path(port)
     ensure_secret(path, lambda: secrets.token_urlsafe(32).encode())
     return BrokerAuth(USER, read_password(path, "private broker password file"))
+
+
+def mosquitto_config(
+    listen: int | Path,
+    *,
+    host: str = "127.0.0.1",
+    password_file: Path | None = None,
+    acl_file: Path | None = None,
+    tls: tuple[Path, Path] | None = None,
+) -> str:
+    """The config of a mosquitto that kvs starts: on `host`:`listen`, or on the Unix socket `listen`.
+
+    With `password_file` it lets in only the users it names (else anyone); `acl_file`
+    limits what they may do; `tls` (certificate chain, private key: PEM files) makes
+    the listener speak TLS only. The private broker has a password file and an ACL
+    (`EmbeddedBroker`); the local clusters of `kvs.local` use the same settings.
+    """
+    listener = f"0 {listen}" if isinstance(listen, Path) else f"{listen} {host}"
+    lines = [f"listener {listener}", f"allow_anonymous {'false' if password_file else 'true'}"]
+    if password_file is not None:
+        lines.append(f"password_file {password_file}")
+    if acl_file is not None:
+        lines.append(f"acl_file {acl_file}")
+    if tls is not None:
+        lines += [f"certfile {tls[0]}", f"keyfile {tls[1]}"]
+    system_user = pwd.getpwuid(os.getuid()).pw_name
+    return "".join(f"{line}\n" for line in lines) + SETTINGS.format(system_user=system_user)
+
+
+def write_password_file(path: Path, users: Mapping[str, str]) -> Path:
+    """A mosquitto password file (0600) for `users` (name -> password), hashed by mosquitto_passwd.
+
+    Written in clear, then hashed in place (-U): no password appears on a command line.
+    """
+    passwd = mosquitto_binary("mosquitto_passwd")
+    if passwd is None:
+        raise FileNotFoundError("mosquitto_passwd is not installed (./compile.sh installs mosquitto)")
+    _write_private(path, "".join(f"{user}:{password}\n" for user, password in users.items()))
+    done = subprocess.run([passwd, "-U", str(path)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise OSError(f"mosquitto_passwd failed: {(done.stderr or done.stdout).strip()}")
+    return path
 
 
 SOCKET_NAME: Final = "mqtt.sock"
@@ -247,10 +285,12 @@ class EmbeddedBroker:
         binary = mosquitto_binary()
         if binary is None:
             raise FileNotFoundError("mosquitto is not installed (./compile.sh installs it)")
-        self._write_access_files()
+        passwords = write_password_file(self.home / "passwd", {USER: self._password})
+        _write_private(self.home / "acl", ACL)
         config = self.home / "mosquitto.conf"
-        system_user = pwd.getpwuid(os.getuid()).pw_name
-        _write_private(config, CONFIG.format(socket=self.socket, home=self.home, system_user=system_user))
+        _write_private(
+            config, mosquitto_config(self.socket, password_file=passwords, acl_file=self.home / "acl")
+        )
         self.socket.unlink(missing_ok=True)  # left by a broker that was killed: it does not answer
         with (self.home / "mosquitto.log").open("ab") as output:
             # A session of its own: Ctrl-C on the server that started it must not stop it for the others.
@@ -266,19 +306,6 @@ class EmbeddedBroker:
             time.sleep(0.02)
         log.info("started a private mosquitto on %s (pid %d, log %s)",
                  self.socket, process.pid, self.home / "mosquitto.log")  # fmt: skip
-
-    def _write_access_files(self) -> None:
-        """mosquitto's password file (hashed by mosquitto_passwd) and ACL, both 0600."""
-        passwd = mosquitto_binary("mosquitto_passwd")
-        if passwd is None:
-            raise FileNotFoundError("mosquitto_passwd is not installed (./compile.sh installs mosquitto)")
-        passwords = self.home / "passwd"
-        # Written in clear, then hashed in place (-U): the password never appears on a command line.
-        _write_private(passwords, f"{USER}:{self._password}\n")
-        _write_private(self.home / "acl", ACL)
-        done = subprocess.run([passwd, "-U", str(passwords)], capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise OSError(f"mosquitto_passwd failed: {(done.stderr or done.stdout).strip()}")
 
     def _stop(self) -> None:
         pid_file = self.home / "pid"

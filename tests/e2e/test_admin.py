@@ -5,23 +5,11 @@ from __future__ import annotations
 import json
 
 from kvs._gen import kvs_pb2 as pb
+from kvs.local.processes import wait_for
 from kvs.replication.codec import Codec
 from kvs.storage.store import Fragment
-from tests.e2e.conftest import Processes
-from tests.e2e.harness import KvsServer, cluster_key, converged, free_port, run_admin, wait_for
-from tests.e2e.test_faults import publish_all
-
-
-def addressed(processes: Processes, count: int, sync_interval: float = 1.0) -> list[KvsServer]:
-    """Servers whose ids are their addresses, so that status can find them from one."""
-    ports = [free_port() for _ in range(count)]
-    servers = [
-        processes.server(f"127.0.0.1:{port}", port=port, wait=False, sync_interval=sync_interval)
-        for port in ports
-    ]
-    for server in servers:
-        server.wait_serving()
-    return servers
+from tests.e2e.conftest import Processes, addressed
+from tests.e2e.harness import converged, publish_all, run_admin
 
 
 def rows(stdout: str) -> dict[str, list[str]]:
@@ -74,7 +62,7 @@ def test_status_tells_a_differing_digest_and_a_server_that_does_not_answer(proce
     s1, _ = addressed(processes, 2)
     lone = processes.server("lone", ["--cluster", "elsewhere"])  # another cluster: other data
     lone.stub.Put(pb.KeyValueRequest(key="only-here", val="v"))
-    silent = f"127.0.0.1:{free_port()}"
+    silent = f"127.0.0.1:{processes.port()}"
 
     done = run_admin("status", f"127.0.0.1:{s1.port}", f"127.0.0.1:{lone.port}", silent)
     assert done.returncode == 1  # one server could not be asked
@@ -101,7 +89,7 @@ def test_status_json_and_ids_that_are_not_addresses(processes: Processes) -> Non
 def test_status_shows_the_seconds_since_a_repair_on_both_sides_of_it(processes: Processes) -> None:
     s1, s2 = addressed(processes, 2, sync_interval=0.5)
     # State that reaches s1 only, as if s2 had missed the message: anti-entropy repairs s2.
-    ghost = Codec(processes.cluster, "ghost", cluster_key(processes), epoch=1)
+    ghost = Codec(processes.cluster, "ghost", processes.cluster_key(), epoch=1)
     inbox = f"{processes.cluster}/to/{s1.name}"
     publish_all(
         processes.broker,

@@ -14,11 +14,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from kvs._gen import kvs_pb2 as pb
+from kvs.local.processes import LocalBroker, wait_for
 from kvs.replication.codec import Codec, Digest, chunks
 from kvs.storage.store import BUCKETS, Fragment
 from tests.e2e.conftest import Processes
-from tests.e2e.harness import KvsServer, Mosquitto, cluster_key, converged, wait_for
-from tests.e2e.test_faults import publish_all
+from tests.e2e.harness import KvsServer, converged, publish_all
 
 ZEROS = (0,) * BUCKETS
 
@@ -26,7 +26,7 @@ ZEROS = (0,) * BUCKETS
 class Tap:
     """A plain MQTT client that records what the servers publish under the cluster's prefix."""
 
-    def __init__(self, broker: Mosquitto, cluster: str) -> None:
+    def __init__(self, broker: LocalBroker, cluster: str) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
@@ -185,11 +185,11 @@ def _other_key(processes: Processes) -> str:
     path = processes.log_dir / "other.key"
     path.write_bytes(os.urandom(32))
     path.chmod(0o600)
-    assert cluster_key(processes) != path.read_bytes()
+    assert processes.cluster_key() != path.read_bytes()
     return str(path)
 
 
-def _publish_retained(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> None:
+def _publish_retained(broker: LocalBroker, messages: list[tuple[str, bytes]]) -> None:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
     client.connect("127.0.0.1", broker.port)
     client.loop_start()

@@ -17,18 +17,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from kvs._gen import kvs_pb2 as pb
+from kvs.local.processes import BrokerTls, LocalBroker, config_home, port_open, wait_for
 from kvs.mqtt.broker import SOCKET_NAME, USER, BrokerAuth, configure, private_home
 from tests.e2e.conftest import Processes
-from tests.e2e.harness import (
-    BrokerTls,
-    KvsServer,
-    Mosquitto,
-    config_home,
-    converged,
-    free_port,
-    listening,
-    wait_for,
-)
+from tests.e2e.harness import KvsServer, converged
 
 BROKER_ERROR = "Falha ao se conectar com o broker. Verifique se o broker está sendo executado."
 NOT_AUTHORIZED = 135  # MQTT 5 CONNACK reason code
@@ -206,7 +198,7 @@ def test_a_broker_ca_file_that_is_not_a_certificate_is_one_line(processes: Proce
 
 
 def test_the_private_broker_lets_in_only_servers_that_hold_its_password(processes: Processes) -> None:
-    port = free_port()
+    port = processes.port()
     env = {"KVS_BROKER": f"localhost:{port}"}
     s1 = processes.server("s1", env=env)
     assert "started a private mosquitto" in s1.log()
@@ -217,7 +209,7 @@ def test_the_private_broker_lets_in_only_servers_that_hold_its_password(processe
     password_file = config_home(processes.log_dir) / "kvs" / f"broker-{port}.password"
     assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
     password = password_file.read_text()
-    assert not listening(port)  # the private broker has no TCP port: only its Unix socket
+    assert not port_open(port)  # the private broker has no TCP port: only its Unix socket
     home = private_home(port)
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     sock = home / SOCKET_NAME
@@ -292,12 +284,12 @@ def pki(tmp_path: Path) -> Pki:
 
 
 @pytest.fixture
-def tls_broker(processes: Processes, pki: Pki) -> Mosquitto:
+def tls_broker(processes: Processes, pki: Pki) -> LocalBroker:
     return processes.new_broker(users={"shop": "tls password"}, tls=pki.broker)
 
 
 def test_servers_replicate_over_tls_and_without_the_right_ca_fail_in_one_line(
-    processes: Processes, pki: Pki, tls_broker: Mosquitto
+    processes: Processes, pki: Pki, tls_broker: LocalBroker
 ) -> None:
     flags = ["--broker", tls_broker.address, "--broker-user", "shop"]
     env = {"KVS_BROKER_PASSWORD": "tls password"}
@@ -325,7 +317,7 @@ def test_servers_replicate_over_tls_and_without_the_right_ca_fail_in_one_line(
 
 
 def test_a_plain_client_cannot_use_the_tls_broker_and_a_verified_one_can(
-    pki: Pki, tls_broker: Mosquitto
+    pki: Pki, tls_broker: LocalBroker
 ) -> None:
     with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):
         connack(tls_broker.port, BrokerAuth("shop", "tls password", pki.other_ca))

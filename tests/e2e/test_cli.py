@@ -7,8 +7,9 @@ import signal
 
 import pytest
 
+from kvs.local.processes import reserve_port, wait_for
 from tests.e2e.conftest import Processes
-from tests.e2e.harness import KvsServer, free_port, run_client, wait_for
+from tests.e2e.harness import KvsServer, run_client
 
 VERSION = re.compile(r"version (\d{13}) \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC\)")
 
@@ -168,7 +169,10 @@ def test_help_is_the_seed_help_word_for_word() -> None:
 
 
 def test_an_unreachable_server_is_one_line_and_exit_1() -> None:
-    done = run_client("--porta", str(free_port()), "--host", "127.0.0.1", "get", "--chave", "k", check=False)
+    with reserve_port() as port:  # nothing listens on it
+        done = run_client(
+            "--porta", str(port.port), "--host", "127.0.0.1", "get", "--chave", "k", check=False
+        )
     assert done.returncode == 1
     assert done.stderr.startswith("client.py: error: cannot reach a kvs server at 127.0.0.1:")
     assert done.stderr.count("\n") == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import signal
@@ -18,15 +17,11 @@ import pytest
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import replication_pb2 as rpb
 from kvs._gen.kvs_pb2_grpc import KeyValueStoreStub
+from kvs.local.processes import wait_for
 from kvs.storage.datadir import STORE_FILE
 from kvs.storage.store import Fragment, Store
-from tests.e2e.conftest import Processes
-from tests.e2e.harness import ROOT, KvsServer, converged, free_port, wait_for
-
-
-def start(processes: Processes, name: str, data_dir: Path, port: int | None = None, *,
-          wait: bool = True, extra: Sequence[str] = ()) -> KvsServer:  # fmt: skip
-    return processes.server(name, ["--data-dir", str(data_dir), *extra], port=port, wait=wait)
+from tests.e2e.conftest import Processes, start
+from tests.e2e.harness import ROOT, KvsServer, assert_refused, converged, run_server, tree
 
 
 def restart(processes: Processes, servers: Sequence[KvsServer], dirs: Sequence[Path]) -> list[KvsServer]:
@@ -248,30 +243,6 @@ def digest_of(dump: Sequence[rpb.Fragment]) -> tuple[int, ...]:
 
 
 # Directories that cannot be used ---------------------------------------------------------------
-
-
-def run_server(data_dir: Path, cluster: str) -> subprocess.CompletedProcess[str]:
-    """A server that is expected to refuse to start (no broker is needed for that)."""
-    broker = f"127.0.0.1:{free_port()}"
-    argv = [str(ROOT / "server.sh"), "--porta", str(free_port()), "--listen", "127.0.0.1",
-            "--broker", broker, "--cluster", cluster, "--data-dir", str(data_dir)]  # fmt: skip
-    return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
-
-
-def assert_refused(done: subprocess.CompletedProcess[str], *words: str) -> None:
-    output = done.stdout + done.stderr
-    assert done.returncode == 1, output
-    assert len(output.strip().splitlines()) == 1, f"not one line:\n{output}"
-    for word in words:
-        assert word in output
-
-
-def tree(path: Path) -> dict[str, str]:
-    """Every file under `path` with a hash of its bytes: what must stay untouched."""
-    if path.is_file():
-        return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()}
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}  # fmt: skip
 
 
 @pytest.fixture

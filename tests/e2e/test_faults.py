@@ -4,81 +4,19 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import replication_pb2 as rpb
+from kvs.local.processes import wait_for
 from kvs.mqtt.broker import SOCKET_NAME, private_home
 from kvs.replication.codec import Codec, Digest
 from kvs.storage.store import BUCKETS, Fragment
 from tests.e2e.conftest import Processes
-from tests.e2e.harness import (
-    KvsServer,
-    Mosquitto,
-    cluster_key,
-    converged,
-    free_port,
-    run_admin,
-    wait_for,
-)
+from tests.e2e.harness import KvsServer, Writer, converged, publish_all, run_admin
 
 BROKER_ERROR = "Falha ao se conectar com o broker. Verifique se o broker está sendo executado."
-
-
-@contextmanager
-def mqtt_client(broker: Mosquitto) -> Iterator[mqtt.Client]:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
-    try:
-        yield client
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def publish_all(broker: Mosquitto, messages: Sequence[tuple[str, bytes]]) -> None:
-    with mqtt_client(broker) as client:
-        for topic, payload in messages:
-            client.publish(topic, payload, qos=1).wait_for_publish(10)
-
-
-class Writer:
-    """Writes unique keys to the servers from a thread; remembers every acknowledged write."""
-
-    def __init__(self, servers: Sequence[KvsServer], prefix: str) -> None:
-        self.servers = servers
-        self.prefix = prefix
-        self.acknowledged: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        i = 0
-        while not self._stop.is_set():
-            k = f"{self.prefix}{i:06}"
-            self.acknowledged[k] = (
-                self.servers[i % len(self.servers)].stub.Put(pb.KeyValueRequest(key=k, val=k)).ver
-            )
-            i += 1
-
-    def __enter__(self) -> Writer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def wait_for(self, count: int) -> None:
-        start = len(self.acknowledged)
-        wait_for(f"{count} more writes", lambda: len(self.acknowledged) >= start + count)
 
 
 def assert_everywhere(servers: Sequence[KvsServer], acknowledged: dict[str, int]) -> None:
@@ -125,7 +63,7 @@ def test_a_message_lost_on_the_way_is_repaired_by_anti_entropy(processes: Proces
     s1, s2 = servers
     s1.stub.Put(pb.KeyValueRequest(key="everywhere", val="1"))
     # State that reaches s1 only, as if s2 had missed the message that carried it.
-    ghost = Codec(processes.cluster, "ghost", cluster_key(processes), epoch=1)
+    ghost = Codec(processes.cluster, "ghost", processes.cluster_key(), epoch=1)
     only_s1 = [Fragment("missed", 0, ((1234, "by s2"),)), Fragment("tomb", 99)]
     publish_all(
         processes.broker, [(f"{processes.cluster}/to/s1", p) for p in ghost.transfer(only_s1, to="s1")]
@@ -166,7 +104,7 @@ def test_garbage_on_the_replication_topics_is_dropped_and_everything_keeps_worki
     processes: Processes,
 ) -> None:
     s1, s2 = processes.cluster_of(2)
-    messages = garbage(processes.cluster, cluster_key(processes))
+    messages = garbage(processes.cluster, processes.cluster_key())
     publish_all(processes.broker, messages)
     written = s2.stub.Put(pb.KeyValueRequest(key="after", val="garbage"))
     expected = pb.KeyValueVersionReply(key="after", val="garbage", ver=written.ver)
@@ -185,7 +123,7 @@ def test_garbage_on_the_replication_topics_is_dropped_and_everything_keeps_worki
 
 
 def test_an_explicit_broker_that_cannot_be_reached_is_a_clear_error(processes: Processes) -> None:
-    address = f"127.0.0.1:{free_port()}"
+    address = f"127.0.0.1:{processes.port()}"
     server = processes.server("s1", ["--broker", address], wait=False)
     wait_for("the server to give up", lambda: not server.running())
     assert server.stop() == 1
@@ -196,7 +134,7 @@ def test_an_explicit_broker_that_cannot_be_reached_is_a_clear_error(processes: P
 
 
 def test_without_a_broker_the_servers_share_a_private_one_that_the_last_stops(processes: Processes) -> None:
-    port = free_port()
+    port = processes.port()
     env = {"KVS_BROKER": f"localhost:{port}"}
     s1 = processes.server("s1", env=env)
     assert "started a private mosquitto" in s1.log()
@@ -223,7 +161,7 @@ def test_admin_compare_tells_identical_replicas_from_different_ones(processes: P
         0,
         f"identical: 1 keys (tombstones included) on {', '.join(addresses)}\n",
     )
-    ghost = Codec(processes.cluster, "ghost", cluster_key(processes), epoch=1)
+    ghost = Codec(processes.cluster, "ghost", processes.cluster_key(), epoch=1)
     publish_all(
         processes.broker,
         [(f"{processes.cluster}/to/s1", p) for p in ghost.transfer([Fragment("only", 5)], to="s1")],

@@ -10,10 +10,10 @@ import grpc
 import pytest
 
 from kvs._gen import kvs_pb2 as pb
+from kvs.local.processes import wait_for
 from kvs.storage.datadir import STORE_FILE
 from tests.e2e.conftest import Processes
-from tests.e2e.harness import ROOT, KvsServer, converged, free_port, run_admin, wait_for
-from tests.e2e.test_metrics import scrape
+from tests.e2e.harness import ROOT, KvsServer, converged, run_admin, scrape
 
 
 @pytest.mark.parametrize(
@@ -48,7 +48,7 @@ def put(server: KvsServer, key: str, val: str) -> grpc.StatusCode:
 def test_past_the_quota_writes_are_refused_the_rest_works_and_writes_come_back(
     processes: Processes, tmp_path: Path
 ) -> None:
-    metrics = free_port()
+    metrics = processes.port()
     full = processes.server("s1", ["--quota-bytes", "2KB", "--metrics-port", str(metrics)])
     peer = processes.server("s2")
     value = "v" * 100  # 111 bytes a version with its 3-byte key
@@ -105,7 +105,7 @@ def test_retention_on_two_servers_converges_with_no_repair(processes: Processes,
         "time.time = lambda: _time() + 3.0\n"
         "time.time_ns = lambda: _time_ns() + 3_000_000_000\n"
     )
-    ports = [free_port(), free_port()]
+    ports = [processes.port(), processes.port()]
     flags = ["--keep-versions", "3", "--retention", "4s"]
     s1 = processes.server("s1", [*flags, "--metrics-port", str(ports[0])], wait=False, sync_interval=0.5)
     s2 = processes.server(

@@ -16,9 +16,11 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from kvs._gen import kvs_pb2 as pb
+from kvs.local.linkproxy import LinkProxy, Mode
+from kvs.local.processes import Process, port_open, wait_for
+from kvs.mqtt.broker import mosquitto_binary
 from tests.e2e.conftest import Processes
-from tests.e2e.harness import KvsServer, Process, free_port, listening, mosquitto_binary, wait_for
-from tests.e2e.linkproxy import LinkProxy, Mode
+from tests.e2e.harness import KvsServer
 
 DYNSEC = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 
@@ -110,18 +112,18 @@ def test_a_refused_subscription_is_said_and_counts_as_not_connected(processes: P
             }
         )
     )
-    port = free_port()
+    port = processes.port()
     config = processes.log_dir / "deny.conf"
     config.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\n"
         f"plugin {DYNSEC}\nplugin_opt_config_file {dynsec}\n"
         f"user {pwd.getpwuid(os.getuid()).pw_name}\nsys_interval 1\n"
     )
-    broker = Process("mosquitto-deny", [mosquitto_binary(), "-c", str(config)], processes.log_dir)
+    broker = Process("mosquitto-deny", [str(mosquitto_binary()), "-c", str(config)], processes.log_dir)
     processes.started.append(broker)
     broker.start()
-    wait_for("the broker", lambda: listening(port))
-    metrics_port = free_port()
+    wait_for("the broker", lambda: port_open(port))
+    metrics_port = processes.port()
     deaf = processes.server(
         "deaf", ["--broker", f"127.0.0.1:{port}", "--metrics-port", str(metrics_port)], wait=False
     )

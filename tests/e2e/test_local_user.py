@@ -23,11 +23,12 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from kvs._gen import kvs_pb2 as pb
+from kvs.local.processes import config_home, wait_for
+from kvs.mqtt.broker import mosquitto_binary
 from kvs.storage.datadir import STORE_FILE
 from tests.accounts import Account
 from tests.e2e.conftest import Processes
-from tests.e2e.harness import config_home, free_port, mosquitto_binary, wait_for
-from tests.e2e.test_durability import assert_refused, run_server
+from tests.e2e.harness import assert_refused, run_server
 
 # The account cannot use the test's virtual environment (under root's directories).
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin") or "python3"
@@ -76,7 +77,7 @@ def stop(process: subprocess.Popen[bytes]) -> bytes:
 def test_a_listener_of_another_account_on_the_default_port_gets_no_password_and_no_value(
     processes: Processes, other_account: Account
 ) -> None:
-    port = free_port()
+    port = processes.port()
     recorder = squat(other_account, port)
     try:
         env = {"KVS_BROKER": f"localhost:{port}"}
@@ -100,7 +101,7 @@ def test_a_mosquitto_of_another_account_on_the_default_port_sees_no_value(
     processes: Processes, other_account: Account, tmp_path: Path
 ) -> None:
     """The squatter runs a real broker that lets anyone in, and subscribes to everything."""
-    port = free_port()
+    port = processes.port()
     home = Path(os.environ.get("TMPDIR", "/tmp")) / f"squat-{other_account.name}"
     home.mkdir(mode=0o700)
     os.chown(home, other_account.uid, other_account.gid)
@@ -109,7 +110,7 @@ def test_a_mosquitto_of_another_account_on_the_default_port_sees_no_value(
         config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
         os.chown(config, other_account.uid, other_account.gid)
         broker = other_account.popen(
-            [mosquitto_binary(), "-c", str(config)],
+            [str(mosquitto_binary()), "-c", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             cwd="/",

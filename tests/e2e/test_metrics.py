@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import urllib.request
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from kvs._gen import kvs_pb2 as pb
+from kvs.local.processes import wait_for
 from tests.e2e.conftest import Processes
-from tests.e2e.harness import ROOT, KvsServer, free_port, wait_for
+from tests.e2e.harness import ROOT, KvsServer, scrape
 
 KVS = "/project.KeyValueStore/"
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def requests(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], method: str, code: str) -> float:
@@ -32,7 +21,7 @@ def requests(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], meth
 
 
 def test_a_scrape_counts_exactly_the_calls_made(processes: Processes) -> None:
-    port = free_port()
+    port = processes.port()
     server = processes.server("s1", ["--metrics-port", str(port)])
     before = scrape(port)
     assert requests(before, "Put", "OK") == 0

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from kvs._gen import kvs_pb2 as pb
+from kvs.local.processes import wait_for
 from tests.e2e.conftest import Processes
-from tests.e2e.harness import KvsServer, wait_for
-from tests.e2e.test_faults import Writer
+from tests.e2e.harness import KvsServer, Writer
 
 
 def missing(servers: Sequence[KvsServer], acknowledged: dict[str, int]) -> dict[str, int]:

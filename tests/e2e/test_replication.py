@@ -15,8 +15,9 @@ import grpc
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen.replication_pb2 import WatchRequest
 from kvs._gen.replication_pb2_grpc import AdminStub
+from kvs.local.processes import wait_for
 from tests.e2e.conftest import Processes
-from tests.e2e.harness import ROOT, KvsServer, converged, wait_for
+from tests.e2e.harness import ROOT, KvsServer, converged
 
 
 def key(k: str, ver: int | None = None) -> pb.KeyRequest:

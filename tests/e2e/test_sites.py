@@ -11,10 +11,10 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from kvs._gen import kvs_pb2 as pb
+from kvs.local.processes import wait_for
+from kvs.local.sites import Site, crosses
 from tests.e2e.conftest import Processes
-from tests.e2e.harness import KvsServer, converged, run_admin, wait_for
-from tests.e2e.sites import Site, crosses
-from tests.e2e.test_faults import Writer
+from tests.e2e.harness import KvsServer, Writer, converged, run_admin
 
 
 @pytest.fixture

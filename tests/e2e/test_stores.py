@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from kvs._gen import kvs_pb2 as pb
+from kvs.local.processes import wait_for
 from kvs.storage.datadir import STORE_FILE
-from tests.e2e.conftest import Processes
-from tests.e2e.harness import KvsServer, converged, wait_for
-from tests.e2e.test_durability import assert_refused, run_server, start, tree
+from tests.e2e.conftest import Processes, start
+from tests.e2e.harness import KvsServer, assert_refused, converged, run_server, tree
 
 WAL = f"{STORE_FILE}-wal"
 CUT = re.compile(r"the write-ahead log of \S+ was cut: it lost the last (\d+) commit\(s\)")

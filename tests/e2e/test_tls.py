@@ -5,63 +5,17 @@ made by trustme, `./server.sh --tls-cert/--tls-key[/--tls-client-ca]`, and
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from kvs.local.processes import wait_for
 from kvs.net.channel import open_channel
-from kvs.net.tls import ClientTls
-from tests.e2e.conftest import Processes
-from tests.e2e.harness import KvsServer, run_admin, run_client, wait_for
-
-
-@dataclass(frozen=True)
-class Certs:
-    ca: Path  # signs the server's and the good client's certificates
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-    other_ca: Path  # trusted by nobody here
-    other_cert: Path  # a client certificate signed by other_ca
-    other_key: Path
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    folder = tmp_path_factory.mktemp("certs")
-    ca, other = trustme.CA(), trustme.CA()
-    server = ca.issue_cert("localhost", "127.0.0.1", "::1")
-    client = ca.issue_cert("client@kvs.test")
-    stranger = other.issue_cert("stranger@kvs.test")
-    paths = {name: folder / f"{name}.pem" for name in Certs.__dataclass_fields__}
-    ca.cert_pem.write_to_path(paths["ca"])
-    other.cert_pem.write_to_path(paths["other_ca"])
-    for blob, cert, key in [(server, "server_cert", "server_key"), (client, "client_cert", "client_key"),
-                            (stranger, "other_cert", "other_key")]:  # fmt: skip
-        blob.private_key_pem.write_to_path(paths[key])
-        for pem in blob.cert_chain_pems:
-            pem.write_to_path(paths[cert], append=True)
-    return Certs(**paths)
-
-
-def tls_server(processes: Processes, certs: Certs, mutual: bool = False) -> KvsServer:
-    flags = ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)]
-    if mutual:
-        flags += ["--tls-client-ca", str(certs.ca)]
-    server = processes.server("tls1", flags, wait=False)
-    server.tls = (
-        ClientTls.from_files(str(certs.ca), str(certs.client_cert), str(certs.client_key))
-        if mutual
-        else ClientTls.from_files(str(certs.ca))
-    )
-    server.wait_serving()  # the health check, over TLS
-    return server
+from tests.e2e.conftest import Certs, Processes, tls_server
+from tests.e2e.harness import run_admin, run_client
 
 
 def one_error_line(done: subprocess.CompletedProcess[str], start: str) -> str:

@@ -20,12 +20,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from kvs._gen import kvs_pb2 as pb
-from tests.e2e.conftest import Processes
-from tests.e2e.harness import ROOT, KvsServer, Process, free_port, listening, run_client, wait_for
-from tests.e2e.test_admin import addressed
-from tests.e2e.test_tls import Certs, certs, tls_server
-
-__all__ = ["certs"]  # the fixture, shared with test_tls
+from kvs.local.processes import Process, port_open, wait_for
+from tests.e2e.conftest import Certs, Processes, addressed, tls_server
+from tests.e2e.harness import ROOT, KvsServer, run_client
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -85,12 +82,12 @@ class Page:
 
 
 def start_web(processes: Processes, *addresses: str, flags: Sequence[str] = ()) -> str:
-    port = free_port()
+    port = processes.port()
     argv = [str(ROOT / "scripts" / "admin.sh"), "web", *addresses, "--port", str(port), *flags]
     web = Process("web", argv, processes.log_dir)
     processes.started.append(web)
     web.start()
-    wait_for("the web view to listen", lambda: listening(port) or not web.running())
+    wait_for("the web view to listen", lambda: port_open(port) or not web.running())
     assert web.running(), web.log()
     return f"http://127.0.0.1:{port}/"
 
@@ -209,7 +206,7 @@ def test_a_server_started_late_shows_its_catch_up(
     rows = [pb.KeyValueRequest(key=f"bulk{i:05}", val="x" * 200) for i in range(5_000)]
     list(s1.stub.PutAll(iter(rows)))
     wait_for("s2 to hold the state", lambda: s2.status().keys == 5_000, timeout=60)
-    late_port = free_port()
+    late_port = processes.port()
     late_name = f"127.0.0.1:{late_port}"
     # Its address given from the start, as a class would: the page asks it before it answers.
     page = open_page(browser, start_web(processes, s1.name, late_name), tmp_path)

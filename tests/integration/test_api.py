@@ -7,6 +7,7 @@ import dataclasses
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -14,8 +15,10 @@ import pytest
 
 from kvs import Client, KvsClientError
 from kvs.client.api import KeyValue, Status, Written
-from tests.e2e.harness import ROOT, free_port
+from kvs.local.processes import reserve_port
 from tests.integration.conftest import Running, start_server
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -119,11 +122,12 @@ def test_a_stream_that_fails_part_way_keeps_what_was_applied(client: Client) -> 
 
 
 def test_an_unreachable_server_is_the_same_exception() -> None:
-    target = f"127.0.0.1:{free_port()}"
-    with Client(target, timeout=5) as client, pytest.raises(KvsClientError) as raised:
-        client.get("k")
-    assert raised.value.code == grpc.StatusCode.UNAVAILABLE
-    assert str(raised.value).startswith(f"cannot reach a kvs server at {target}: is it running?")
+    with reserve_port() as port:  # nothing listens on it
+        target = f"127.0.0.1:{port.port}"
+        with Client(target, timeout=5) as client, pytest.raises(KvsClientError) as raised:
+            client.get("k")
+        assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+        assert str(raised.value).startswith(f"cannot reach a kvs server at {target}: is it running?")
 
 
 def test_the_deadline_is_a_parameter_of_the_client_and_of_each_call(loop: asyncio.AbstractEventLoop) -> None:

@@ -1,4 +1,4 @@
-"""A TCP proxy on loopback that plays a bad network link, for end-to-end tests.
+"""A TCP proxy on loopback that plays a bad network link, for the end-to-end tests and the benchmark.
 
 It forwards one listening port to one target, on an event loop in a thread of
 its own, in one of these modes (change it at any time with `set`):

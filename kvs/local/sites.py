@@ -1,11 +1,9 @@
-"""Sites for end-to-end tests: a mosquitto per site, each on its own loopback
-address (127.0.0.2, 127.0.0.3, ...), bridged as docs/sites.md says, the
-bridge's TCP link running through a LinkProxy that can cut, delay or stall it."""
+"""Sites on one machine, for the end-to-end tests and the benchmark: a mosquitto per site,
+each on its own loopback address (127.0.0.2, 127.0.0.3, ...), bridged as docs/sites.md
+says, the bridge's TCP link running through a LinkProxy that can cut, delay or stall it."""
 
 from __future__ import annotations
 
-import os
-import pwd
 import signal
 import socket
 import threading
@@ -16,16 +14,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from kvs.local.linkproxy import LinkProxy
+from kvs.local.processes import Process, reserve_port, wait_for
 from kvs.mqtt.bridge import Bridge
-from tests.e2e.harness import Process, mosquitto_binary, wait_for
-from tests.e2e.linkproxy import LinkProxy
-
-
-def free_port_on(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+from kvs.mqtt.broker import mosquitto_binary, mosquitto_config
 
 
 def listening_on(host: str, port: int) -> bool:
@@ -39,10 +31,16 @@ class Site(Process):
 
     def __init__(self, log_dir: Path, name: str, n: int, cluster: str, *, clean: bool = False) -> None:
         self.site, self.host, self.cluster, self.clean = name, f"127.0.0.{n}", cluster, clean
-        self.port = free_port_on(self.host)
+        reservation = reserve_port(self.host)  # released by close()
+        self.port = reservation.port
         self.links: dict[str, LinkProxy] = {}  # by the far site's name: the bridges this broker dials
         self.config = log_dir / f"mosquitto-{name}.conf"
-        super().__init__(f"mosquitto-{name}", [mosquitto_binary(), "-c", str(self.config)], log_dir)
+        super().__init__(
+            f"mosquitto-{name}",
+            [str(mosquitto_binary()), "-c", str(self.config)],
+            log_dir,
+            reservation=reservation,
+        )
 
     @property
     def address(self) -> str:
@@ -55,16 +53,7 @@ class Site(Process):
         return link
 
     def start(self) -> None:
-        lines = [
-            f"listener {self.port} {self.host}",
-            "allow_anonymous true",
-            f"user {pwd.getpwuid(os.getuid()).pw_name}",
-            "set_tcp_nodelay true",
-            "sys_interval 1",
-            "max_queued_messages 100000",
-            "persistence false",
-        ]
-        text = "".join(f"{line}\n" for line in lines)
+        text = mosquitto_config(self.port, host=self.host)  # anonymous: loopback, for tests and demos
         for far, link in self.links.items():
             text += Bridge(self.site, far, link.address, self.cluster, clean=self.clean).config()
         self.config.write_text(text)
