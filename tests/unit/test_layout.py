@@ -12,8 +12,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_CLI = "kvs.admin.cli"
 NOT_IN_THE_ADMIN_CLI = ("kvs.replication", "kvs.storage", "kvs.mqtt", "paho")
@@ -86,10 +84,6 @@ def test_no_module_of_kvs_imports_the_admin_cli() -> None:
     assert importers == []
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="scripts/bench.py imports tests/e2e/harness.py until the harness moves (issue 14, item 6)",
-)
 def test_scripts_import_nothing_under_tests() -> None:
     importers = [
         str(path.relative_to(ROOT))
