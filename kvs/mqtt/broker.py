@@ -69,14 +69,15 @@ USER: Final = "kvs"
 # What every broker kvs starts is set to (docs/performance.md, "Measured facts"): Nagle
 # off, a queue long enough that a busy subscriber is not dropped from, nothing on disk.
 # `user`: run as root, mosquitto would otherwise become the user `mosquitto`, who
-# cannot read the 0600 password file (as any other user, mosquitto ignores it).
+# cannot read the 0600 password file (as any other user, mosquitto ignores it). Logs
+# to stderr, which is not buffered: a log shows each connection as it happens.
 SETTINGS = """\
 user {system_user}
 sys_interval 1
 set_tcp_nodelay true
 max_queued_messages 100000
 persistence false
-log_dest stdout
+log_dest stderr
 """
 ACL = f"""\
 # Only kvs servers, under any cluster prefix; and the broker's own statistics.
