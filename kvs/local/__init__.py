@@ -9,6 +9,6 @@ their processes here too.
 
 Brokers are configured by `kvs.mqtt.broker` (the private broker's own settings);
 servers are started as processes (`python -m kvs.server`), so this package imports
-`kvs.mqtt.broker`, `kvs.mqtt.bridge`, `kvs.admin.parts`, `kvs.keys`, `kvs.net` and the
-generated stubs, never the server's, the store's or replication's code.
+`kvs.mqtt.broker`, `kvs.mqtt.bridge`, `kvs.admin.parts`, `kvs.net` and the generated
+stubs, never the server's, the store's or replication's code.
 """
