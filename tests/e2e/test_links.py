@@ -139,7 +139,7 @@ def test_a_refused_subscription_is_said_and_counts_as_not_connected(processes: P
 
 def test_the_first_broker_that_answers_is_used(processes: Processes) -> None:
     """--broker DEAD,LIVE (in KVS_BROKER here): the server skips what does not answer, says so."""
-    dead = f"127.0.0.1:{free_port()}"
+    dead = f"127.0.0.1:{processes.port()}"
     live = processes.broker.address
     s1 = processes.server("s1")
     s2 = processes.server("s2", env={"KVS_BROKER": f"{dead},{live}"})
