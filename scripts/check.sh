@@ -2,7 +2,6 @@
 # Format, lint and type checks: ruff format, ruff, mypy --strict. Clean on every commit.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-[[ -x .venv/bin/ruff ]] || ./compile.sh --dev >&2
 ./compile.sh --dev >&2
 .venv/bin/ruff format --check kvs tests scripts
 .venv/bin/ruff check kvs tests scripts
