@@ -40,6 +40,7 @@ UNBUILT = re.compile(r"\bcoming\b|as of this version|not (?:yet )?built|to be co
 
 OUTSIDE_FLAGS = {
     "--dev": "compile.sh (a shell script: the packages of the tests and checks too)",
+    "--fast": "scripts/test.sh (a shell script: the unit and integration tiers, no slow test)",
     "--strict": "mypy",
     "--gil": "py-spy",
     "--system": "useradd",
