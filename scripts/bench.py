@@ -11,7 +11,9 @@ subscribed); and bare grpcio servers with trivial handlers ("echo", in three
 server styles: thread pool, grpc.aio, grpc.aio on uvloop). Load comes from
 separate client processes (scripts/bench_load.py) with C calls in flight. Each
 figure is the median of --rounds rounds, the targets measured in turn within
-each round so that the machine's noise falls on all of them alike.
+each round (in alternating order: `alternate`) so that the machine's noise
+falls on all of them alike; each ratio is the median of the rounds' ratios,
+shown with their range.
 
 The stall part (SPEC guarantee 8) polls a Get every 20 ms from a thread of
 this process while one big call runs from another process (scripts/bench_stall.py):
@@ -41,9 +43,10 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -85,7 +88,32 @@ class Figure:
 
     @property
     def value(self) -> float:
+        """The median of the rounds."""
         return statistics.median(self.values)
+
+    @property
+    def spread(self) -> str:
+        """The range of the rounds, as "low-high" ("" for a single round)."""
+        if len(self.values) < 2:
+            return ""
+        return f"{min(self.values):.4g}-{max(self.values):.4g}"
+
+
+def ratios(kvs: Figure, ceiling: Figure) -> list[float]:
+    """kvs over its ceiling, round by round (each round measured both, in alternating order); the
+    ratio of the medians when the two were not measured in the same rounds."""
+    if len(kvs.values) == len(ceiling.values):
+        return [k / c for k, c in zip(kvs.values, ceiling.values, strict=True) if c]
+    return [kvs.value / ceiling.value] if ceiling.value else []
+
+
+T = TypeVar("T")
+
+
+def alternate(round_: int, targets: Sequence[T]) -> list[T]:
+    """`targets` in order in even rounds, reversed in odd ones: over several rounds, no target is
+    always measured first (on a machine warming up or cooling down, that one would gain or lose)."""
+    return list(targets) if round_ % 2 == 0 else list(reversed(targets))
 
 
 @dataclass
@@ -212,13 +240,13 @@ class Bench:
             "echo_aio": self.echo["aio"],
             "echo_sync": self.echo["sync"],
         }
-        for _ in range(self.rounds):
+        for r in range(self.rounds):
             for mode in ("put", "get", "putall", "getall"):
                 for concurrency in (1, 16):
                     chosen = dict(targets)
                     if concurrency == 16 and mode in ("put", "putall"):
                         chosen |= styles  # the server styles, compared where they differ most
-                    for target, address in chosen.items():
+                    for target, address in alternate(r, list(chosen.items())):
                         unit = "msgs/s" if mode.endswith("all") else "calls/s"
                         self.record(
                             f"{mode}_c{concurrency}.{target}", unit, self.load(address, mode, concurrency)
@@ -234,7 +262,7 @@ class Bench:
         pairs = list(self.metrics_pairs.items())
         for r in range(self.rounds):
             for concurrency in (1, 16):
-                for target, server in pairs if r % 2 == 0 else reversed(pairs):
+                for target, server in alternate(r, pairs):
                     cpu = _cpu_seconds(server.pid)
                     rate = self.load(address(server), "put", concurrency)
                     cpu = _cpu_seconds(server.pid) - cpu
@@ -373,7 +401,7 @@ class Bench:
         order = list(pairs.items())
         for r in range(self.rounds):
             for mode in ("put", "putall"):
-                for target, server in order if r % 2 == 0 else reversed(order):
+                for target, server in alternate(r, order):
                     unit = "msgs/s" if mode == "putall" else "calls/s"
                     self.record(f"auth_{mode}_c16.{target}", unit, self.load(address(server), mode, 16))
 
@@ -384,7 +412,7 @@ class Bench:
         filled = self._script("bench_load.py", f"127.0.0.1:{full.port}", "fill", "4", str(KEYS), "m")
         assert json.loads(filled.communicate(timeout=300)[0])["count"] == KEYS
         for r in range(self.rounds):
-            for cluster, name in (("bench-empty", "joiner_empty"), ("bench-join", "joiner")):
+            for cluster, name in alternate(r, (("bench-empty", "joiner_empty"), ("bench-join", "joiner"))):
                 start = time.monotonic()
                 joiner = LocalServer(
                     self.work, f"{cluster}-late{r}", ["--broker", self.broker.address, "--cluster", cluster]
@@ -437,10 +465,10 @@ class Bench:
             targets[store], _ = (
                 self._server(f"{cluster}-{n}", cluster, [a.format(n) for a in extra]) for n in (1, 2)
             )
-        for _ in range(self.rounds):
+        for r in range(self.rounds):
             for mode in ("put", "putall"):
                 for concurrency in (1, 16):
-                    for store, server in targets.items():
+                    for store, server in alternate(r, list(targets.items())):
                         name = f"store_{mode}_c{concurrency}"
                         unit = "msgs/s" if mode.endswith("all") else "calls/s"
                         rate = self.load(address(server), mode, concurrency, server)
@@ -459,7 +487,7 @@ class Bench:
             store.close()
             data_dir.close()
         for r in range(self.rounds):
-            for data, name in ((empty, "restart_empty"), (full, "restart")):
+            for data, name in alternate(r, ((empty, "restart_empty"), (full, "restart"))):
                 start = time.monotonic()
                 server = LocalServer(
                     self.work,
@@ -609,23 +637,28 @@ ABSOLUTE = {
 
 
 def report(bench: Bench) -> None:
+    """One `name=median` line per figure (with the range of its rounds), then the table: each ratio is
+    the median of the rounds' ratios of kvs to its ceiling, and their range."""
     for figure in bench.figures.values():
-        print(f"{figure.name}={figure.value:.4g}")
+        spread = f"  # rounds {figure.spread}" if figure.spread else ""
+        print(f"{figure.name}={figure.value:.4g}{spread}")
     print()
-    print(f"{'figure':<22}{'kvs':>12}{'ceiling':>12}{'ratio':>8}  {'target':<10} met")
+    print(f"{'figure':<24}{'kvs':>10}{'ceiling':>10}{'ratio':>7} {'range':<11}  {'target':<10} met")
     for c in COMPARISONS:
         if c.kvs not in bench.figures:
             continue
         kvs = bench.figures[c.kvs]
-        if c.ceiling:  # held against a ceiling measured in the same run
+        if c.ceiling and c.ceiling in bench.figures:  # held against a ceiling measured in the same run
             ceiling = bench.figures[c.ceiling]
-            ratio = kvs.value / ceiling.value
-            columns = f"{ceiling.value:>12.4g}{ratio:>8.2f}"
+            each = ratios(kvs, ceiling)
+            ratio = statistics.median(each) if each else 0.0
+            spread = f"{min(each):.2f}-{max(each):.2f}" if len(each) > 1 else ""
+            columns = f"{ceiling.value:>10.4g}{ratio:>7.2f} {spread:<11}"
         else:  # an absolute figure
-            ratio, columns = 0.0, f"{'':>12}{'':>8}"
+            ratio, columns = 0.0, f"{'':>10}{'':>7} {kvs.spread:<11}"
         met = ABSOLUTE[c.kvs](kvs.value) if c.kvs in ABSOLUTE else c.met(ratio)
         shown = "" if not c.target else ("yes" if met else "NO")
-        print(f"{c.label:<22}{kvs.value:>12.4g}{columns}  {c.target:<10} {shown}")
+        print(f"{c.label:<24}{kvs.value:>10.4g}{columns}  {c.target:<10} {shown}")
     print()
     if "put_c16.echo_sync" not in bench.figures:
         return
@@ -643,7 +676,10 @@ def report(bench: Bench) -> None:
             f"{label} (C=16): put {figures[f'put_c16.{target}'].value:.0f}/s, "
             f"putall {figures[f'putall_c16.{target}'].value:.0f}/s"
         )
-    print(f"medians of {bench.rounds} rounds; throughput windows of {bench.seconds} s after a 0.5 s warm-up")
+    print(
+        f"medians of {bench.rounds} rounds (targets in alternating order; ranges low-high);"
+        f" throughput windows of {bench.seconds} s after a 0.5 s warm-up"
+    )
 
 
 PARTS = ["throughput", "metrics", "auth", "lag", "joiner", "stalls", "disk", "sites", "restart"]
