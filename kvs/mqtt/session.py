@@ -155,6 +155,8 @@ class Session:
         for broker in self.brokers:
             try:
                 await self._connect(broker)
+            except BrokerRefused:
+                raise  # a refusal is said as one (BrokerRefused is a BrokerUnreachable too)
             except BrokerUnreachable as error:
                 failures.append(str(error))
                 if len(self.brokers) > 1:

@@ -165,7 +165,9 @@ def test_servers_with_the_broker_password_replicate_and_a_wrong_one_is_one_line(
         " check --broker-user and its password"
     )
     assert exit_lines(wrong) == (1, [refused])
-    anonymous = processes.server("s4", ["--broker", broker.address], wait=False)
+    # The first of a list refuses: said as a refusal, at once (the next is not tried).
+    brokers = f"{broker.address},127.0.0.1:{processes.port()}"
+    anonymous = processes.server("s4", ["--broker", brokers], wait=False)
     assert exit_lines(anonymous) == (1, [refused])
     converged([s1, s2])
 
