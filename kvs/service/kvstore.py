@@ -3,14 +3,18 @@
 Runs on the server's asyncio event loop, the one thread that owns the store
 (kvs/server/main.py). It writes through `ReplicatedStore` (kvs.service.replicated), which
 publishes every accepted mutation and does large ones in bounded steps; no
-handler publishes anything itself. Errors are translated once, through `STATUS`.
+handler publishes anything itself. Errors are translated once, through `STATUS`;
+an exception it does not name (a bug, or the store's file failing under it)
+is INTERNAL, logged in one line, never gRPC's "Unexpected <class ...>".
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import sys
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
@@ -25,10 +29,12 @@ from kvs.limits import MAX_GETALL_BYTES, quoted
 from kvs.service.replicated import ReplicatedStore
 from kvs.storage.store import Entry, Version, Written
 
+log = logging.getLogger(__name__)
+
 _SERVICE = pb.DESCRIPTOR.services_by_name["KeyValueStore"]
 SERVICE_NAME = _SERVICE.full_name
 
-# The one error table: what each store error becomes on the wire.
+# The one error table: what each store error becomes on the wire (anything else: INTERNAL).
 STATUS: dict[type[KvsError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     VersionExhausted: grpc.StatusCode.OUT_OF_RANGE,
@@ -52,8 +58,8 @@ def _unary(
         await self.ready.wait()
         try:
             return await handler(self, _decoded(request), context)
-        except KvsError as error:
-            await context.abort(*_status(error))
+        except Exception as error:  # every error becomes a status (the table's fallback: INTERNAL)
+            await context.abort(*_status(error, handler.__name__))
             raise  # abort() raises; this line only tells type checkers so
 
     return wrapper
@@ -74,8 +80,8 @@ def _streaming(
         try:
             async for reply in handler(self, _decoded(request), context):
                 yield reply
-        except KvsError as error:
-            await context.abort(*_status(error))
+        except Exception as error:  # as in _unary
+            await context.abort(*_status(error, handler.__name__))
 
     return wrapper
 
@@ -137,9 +143,15 @@ def add_to_server(servicer: KeyValueStore, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]  # stubs predate it
 
 
-def _status(error: KvsError) -> tuple[grpc.StatusCode, str]:
-    code = next((code for kind, code in STATUS.items() if isinstance(error, kind)), grpc.StatusCode.UNKNOWN)
-    return code, str(error)
+def _status(error: Exception, call: str) -> tuple[grpc.StatusCode, str]:
+    """The status `error` ends `call` with: its row of STATUS, or INTERNAL (said in the log)."""
+    code = next((code for kind, code in STATUS.items() if isinstance(error, kind)), None)
+    if code is not None:
+        return code, str(error)
+    where = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+    at = f" at {where.filename}:{where.lineno}" if where else ""
+    log.error("%s failed: %s: %s%s", call, type(error).__name__, error, at)
+    return grpc.StatusCode.INTERNAL, f"{call} failed in the server: {type(error).__name__}: {error}"
 
 
 class KeyValueStore(pb_grpc.KeyValueStoreServicer):

@@ -20,8 +20,8 @@ from kvs.server.main import Server
 from kvs.service.replicated import DELETE_PAGE, PAGE_KEYS, ReplicatedStore
 from kvs.storage.store import Fragment, Store
 from tests.clock import Clock
+from tests.integration.calls import check, dump, key, kv, reply, span, status_of
 from tests.integration.conftest import Running
-from tests.integration.test_rpcs import check, dump, key, kv, reply, span, status_of
 from tests.replica import FakeReplica
 
 # Invalid UTF-8 ----------------------------------------------------------------

@@ -2,64 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import sqlite3
 
 import grpc
 import pytest
 
 from kvs._gen import kvs_pb2 as pb
-from kvs.storage.store import Fragment
+from kvs.service import replicated
+from kvs.storage.store import Entry, Fragment, Store
+from tests.integration.calls import check, dump, key, kv, put, put_reply, reply, span, status_of
 from tests.integration.conftest import Running
-
-
-def key(k: str, ver: int | None = None) -> pb.KeyRequest:
-    return pb.KeyRequest(key=k) if ver is None else pb.KeyRequest(key=k, ver=ver)
-
-
-def span(fr: str, to: str, fr_ver: int | None = None, to_ver: int | None = None) -> pb.KeyRange:
-    return pb.KeyRange(fr=key(fr, fr_ver), to=key(to, to_ver))
-
-
-def kv(k: str, v: str) -> pb.KeyValueRequest:
-    return pb.KeyValueRequest(key=k, val=v)
-
-
-def reply(k: str, v: str, ver: int) -> pb.KeyValueVersionReply:
-    return pb.KeyValueVersionReply(key=k, val=v, ver=ver)
-
-
-def put_reply(k: str, old_val: str, old_ver: int, ver: int) -> pb.PutReply:
-    return pb.PutReply(key=k, old_val=old_val, old_ver=old_ver, ver=ver)
-
-
-def put(kvs: Running, k: str, v: str, at: int | None = None) -> pb.PutReply:
-    if at is not None:
-        kvs.clock.now = at
-    result: pb.PutReply = kvs.stub.Put(kv(k, v))
-    return result
-
-
-def dump(kvs: Running) -> list[pb.KeyValueVersionReply]:
-    return list(kvs.stub.GetRange(span("\x01", "\U0010ffff")))
-
-
-def status_of(call: Callable[[], object]) -> grpc.RpcError:
-    """The error a call fails with; a stream is read to its end."""
-
-    def run() -> None:
-        result = call()
-        if isinstance(result, Iterator):
-            list(result)
-
-    with pytest.raises(grpc.RpcError) as raised:
-        run()
-    return raised.value
-
-
-def check(error: grpc.RpcError, code: grpc.StatusCode, words: str) -> None:
-    assert error.code() == code
-    assert words in (error.details() or "")
-
 
 # Get -------------------------------------------------------------------------
 
@@ -355,3 +307,41 @@ def test_trim_with_an_empty_key_is_invalid_argument(kvs: Running) -> None:
     check(
         status_of(lambda: kvs.stub.Trim(key(""))), grpc.StatusCode.INVALID_ARGUMENT, "key must not be empty"
     )
+
+
+# An error the table does not name -------------------------------------------
+
+
+def test_an_unexpected_error_is_internal_in_one_log_line_and_the_server_goes_on(
+    kvs: Running, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store's file failing under it (or a bug): INTERNAL saying what, never gRPC's
+    "Unexpected <class ...>" UNKNOWN and a traceback; a stream keeps the replies it sent."""
+    put(kvs, "a", "1")
+    put(kvs, "b", "2")
+    read_page = Store.range_page
+
+    def failing_get(store: Store, k: str, at: int | None = None) -> Entry:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    def failing_second_page(store: Store, *args: object) -> list[Entry]:
+        if args[3]:  # after: a page after the first
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        return read_page(store, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Store, "get", failing_get)
+    monkeypatch.setattr(Store, "range_page", failing_second_page)
+    monkeypatch.setattr(replicated, "PAGE_KEYS", 1)
+    words = "failed in the server: DatabaseError: database disk image is malformed"
+    check(status_of(lambda: kvs.stub.Get(key("a"))), grpc.StatusCode.INTERNAL, f"Get {words}")
+    replies = kvs.stub.GetRange(span("a", "z"))
+    assert next(iter(replies)) == reply("a", "1", 1000)
+    check(status_of(lambda: replies), grpc.StatusCode.INTERNAL, f"GetRange {words}")
+    lines = [r.getMessage() for r in caplog.records if r.name == "kvs.service.kvstore"]
+    assert [line.split(" at ")[0] for line in lines] == [
+        "Get failed: DatabaseError: database disk image is malformed",
+        "GetRange failed: DatabaseError: database disk image is malformed",
+    ]
+    assert all(r.exc_info is None for r in caplog.records)
+    monkeypatch.undo()
+    assert kvs.stub.Get(key("b")) == reply("b", "2", 1000)

@@ -9,8 +9,8 @@ import grpc
 
 from kvs._gen import kvs_pb2 as pb
 from kvs.limits import MAX_GETALL_BYTES, MAX_REQUEST_BYTES
+from tests.integration.calls import check, status_of
 from tests.integration.conftest import Running
-from tests.integration.test_rpcs import check, status_of
 
 BIG = MAX_REQUEST_BYTES - 16  # a key as large as one request may hold
 

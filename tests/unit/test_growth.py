@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from kvs.storage.datadir import STORE_FILE, open_data_dir
 from kvs.storage.store import KEEP_INLINE, Bound, Entry, Fragment, Store
 from tests.clock import Clock
-from tests.unit.test_store_properties import fragments
+from tests.strategies import fragments
 
 
 def whole(store: Store) -> list[Fragment]:

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from kvs.service.replicated import DELETE_PAGE, ReplicatedStore, join_in_slices
 from kvs.storage.store import Entry, Fragment, Store, Written
 from tests.clock import Clock
-from tests.state import everything
-from tests.unit.test_store_properties import fragments, state_of
+from tests.state import everything, state_of
+from tests.strategies import fragments
 
 T = TypeVar("T")
 

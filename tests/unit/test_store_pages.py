@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvs.storage.store import Entry, Fragment, Store
-from tests.state import everything
-from tests.unit.test_store_properties import VERSIONS, fragments, state_of
+from tests.state import everything, state_of
+from tests.strategies import VERSIONS, fragments
 
 LIMITS = st.integers(min_value=1, max_value=4)
 

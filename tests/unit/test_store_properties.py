@@ -8,30 +8,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from kvs.storage.store import Entry, Fragment, Store
-from tests.state import everything
-
-KEYS = st.sampled_from(["a", "b", "ab", "é", "z z"])
-VERSIONS = st.integers(min_value=1, max_value=40)
-VALUES = st.sampled_from(["", "x", "y", "zz", "ação"])
-
-fragments = st.builds(
-    Fragment,
-    key=KEYS,
-    floor=st.one_of(st.just(0), VERSIONS),
-    versions=st.lists(st.tuples(VERSIONS, VALUES), max_size=3).map(tuple),
-)
-
-
-def fresh() -> Store:
-    return Store(lambda: 1)
-
-
-def state_of(*groups: list[Fragment]) -> tuple[list[Fragment], tuple[int, ...]]:
-    """The state (and digest) of a new store that joined the groups in order."""
-    store = fresh()
-    for group in groups:
-        store.join(group)
-    return everything(store), store.digest()
+from tests.state import everything, fresh, state_of
+from tests.strategies import KEYS, VALUES, VERSIONS, fragments
 
 
 @given(st.lists(fragments), st.lists(fragments))

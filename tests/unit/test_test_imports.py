@@ -1,5 +1,7 @@
-"""End-to-end test modules share helpers through tests/e2e/harness.py, conftest.py or
-kvs.local, never by importing one another (which ties unrelated tests together)."""
+"""Test modules share helpers through helper modules (tests/state.py, tests/strategies.py,
+tests/integration/calls.py, tests/e2e/harness.py, ...), conftest.py or kvs.local, never by
+importing one another (which ties unrelated tests together, and runs the imported module's
+tests' set-up on import)."""
 
 from __future__ import annotations
 
@@ -19,13 +21,13 @@ def imported(path: Path) -> set[str]:
     return names
 
 
-def test_no_end_to_end_test_module_imports_another() -> None:
+def test_no_test_module_imports_another() -> None:
     importers = {
         str(path.relative_to(TESTS)): sorted(
             name
             for name in imported(path)
             if name.startswith("tests.") and name.rpartition(".")[2].startswith("test_")
         )
-        for path in sorted((TESTS / "e2e").rglob("*.py"))
+        for path in sorted(TESTS.rglob("*.py"))
     }
     assert {path: names for path, names in importers.items() if names} == {}
