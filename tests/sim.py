@@ -172,6 +172,10 @@ class SimSession:
         return self._broker.clients.get(self.name) is self
 
     @property
+    def unacknowledged_bytes(self) -> int:
+        return 0  # the simulated broker takes everything at once
+
+    @property
     def writes_in_flight(self) -> int:
         if self._broker.cluster.random.random() < self._broker.cluster.faults.write_window_full:
             return WRITE_WINDOW  # the broker is slow to acknowledge

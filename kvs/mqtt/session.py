@@ -125,9 +125,11 @@ class Session:
         client.on_message = _guarded(
             lambda c, u, message: events.on_message(message.topic, bytes(message.payload), message.retain)
         )
-        client.on_publish = _guarded(lambda c, u, mid, reason, properties: self._writes.discard(mid))
+        client.on_publish = _guarded(lambda c, u, mid, reason, properties: self._acknowledged(mid))
         self._client = client
         self._writes: set[int] = set()  # the mids of writes the broker has not acknowledged yet
+        self._unacknowledged: dict[int, int] = {}  # the payload sizes of all those, by mid
+        self.unacknowledged_bytes = 0
         self._driver = LoopDriver(client, self._dial)
         if self.broker.verify_owner:  # before the driver's own handler, and before paho sends CONNECT
             opened = client.on_socket_open
@@ -210,6 +212,12 @@ class Session:
         info = self._client.publish(topic, payload, qos=1, retain=retain)
         if write:
             self._writes.add(info.mid)
+        self.unacknowledged_bytes += len(payload) - self._unacknowledged.get(info.mid, 0)
+        self._unacknowledged[info.mid] = len(payload)
+
+    def _acknowledged(self, mid: int) -> None:
+        self._writes.discard(mid)
+        self.unacknowledged_bytes -= self._unacknowledged.pop(mid, 0)
 
     @property
     def writes_in_flight(self) -> int:

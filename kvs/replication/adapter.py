@@ -20,7 +20,7 @@ from typing import Final, assert_never, cast
 from kvs.errors import CodecError
 from kvs.metrics import NO_METRICS, DropReason, ReplicationMetrics
 from kvs.replication.actions import Action, Apply, Note, PeerCounts, Publish, SendState, Serve
-from kvs.replication.codec import Codec, chunks
+from kvs.replication.codec import Codec, chunks, weight_of
 from kvs.replication.droplog import DropLog
 from kvs.replication.sending import Outbox
 from kvs.replication.sync import Sync
@@ -33,8 +33,14 @@ log = logging.getLogger(__name__)
 
 FLUSH_EVERY: Final = 0.002
 """Seconds between batches under load: at most 500 MQTT messages a second for writes."""
-BACKLOG: Final = 2_000
-"""Fragments received and not yet joined, at most: past it, reading from the broker waits."""
+BACKLOG: Final = 1024 * 1024
+"""Characters of keys and values received and not yet joined, at most: past it, reading from the
+broker waits (a transfer is joined part by part, in bounded memory whatever its size)."""
+SEND_WINDOW: Final = 4 * 1024 * 1024
+"""Bytes of our publishes the broker may leave unacknowledged before a transfer waits for it to
+catch up: a transfer streams in bounded memory, however large the store (docs/replication.md)."""
+DRAIN_POLL: Final = 0.005
+"""Seconds between two looks at the broker's acknowledgements while a transfer waits."""
 POLL: Final = 0.05
 """Seconds between two polls of the core while it joins (it may serve as soon as the broker settled)."""
 JITTER: Final = 0.2
@@ -142,7 +148,7 @@ class Replicator:
 
     def _run(self, actions: Sequence[Action]) -> None:
         self._work.extend(actions)
-        self._backlog += sum(len(a.fragments) for a in actions if isinstance(a, Apply))
+        self._backlog += sum(_weight(a) for a in actions)
         self._session.hold(self._backlog > BACKLOG)  # bounded memory for what arrives
         self._wake.set()
 
@@ -157,7 +163,7 @@ class Replicator:
                 except Exception:  # one failed action must not stop all replication
                     log.exception("a replication step failed (ignored)")
                 if isinstance(action, Apply):
-                    self._backlog -= len(action.fragments)
+                    self._backlog -= _weight(action)
                     self._session.hold(self._backlog > BACKLOG)
 
     async def _do(self, action: Action) -> None:
@@ -201,6 +207,12 @@ class Replicator:
             for payload in self._codec.transfer(fragments, action.send_back, action.answers, to=action.peer):
                 self._session.publish(topic, payload)
                 await asyncio.sleep(0)
+                # Backpressure: paho keeps each publish until the broker acknowledges it.
+                while self._session.unacknowledged_bytes > SEND_WINDOW:
+                    if not self._session.connected:  # the peer asks again once we are back
+                        log.info("transfer to %s given up: the broker went away", action.peer)
+                        return
+                    await asyncio.sleep(DRAIN_POLL)
         finally:  # the core lets one transfer to a peer be in flight: say it ended, however
             self._sent(action.peer)
 
@@ -257,3 +269,8 @@ class Replicator:
                 self._run(self._sync.presence_overwritten(now))
             return
         self._run(self._sync.message(message, now, self._store.digest(), retained))
+
+
+def _weight(action: Action) -> int:
+    """The characters of keys and values an action holds (received fragments waiting to be joined)."""
+    return sum(weight_of(fragment) for fragment in action.fragments) if isinstance(action, Apply) else 0

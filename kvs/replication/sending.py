@@ -18,7 +18,7 @@ from typing import Final
 
 from kvs.replication.actions import SendState
 from kvs.replication.codec import weight_of
-from kvs.storage.store import Fragment, Store, bucket_of
+from kvs.storage.store import Fragment, Store, Version, bucket_of, resume_at
 
 WRITE_WINDOW: Final = 1_000
 """Our batches the broker may leave unacknowledged; past it a batch is not published (its number
@@ -28,8 +28,8 @@ AWAY_WINDOW: Final = 100
 
 KEPT: Final = 16 * 1024 * 1024
 """Characters of its recent batches a server keeps, to send again to a peer that lost some."""
-PAGE_KEYS: Final = 500
-"""Keys read per page of a transfer."""
+PAGE: Final = 256 * 1024
+"""Characters of keys and values read per page of a transfer (a long history comes in pieces)."""
 
 
 class Kept:
@@ -55,11 +55,11 @@ class Kept:
 
 
 def state_pages(store: Store, buckets: frozenset[int] | None) -> Iterator[Fragment]:
-    """The state of `buckets` (None: all), a page of keys at a time."""
-    after = ""
-    while buckets != frozenset() and (page := store.export_page(after, PAGE_KEYS)):
+    """The state of `buckets` (None: all), a page of about PAGE characters at a time."""
+    after: tuple[str, Version] = ("", -1)
+    while buckets != frozenset() and (page := store.export_after(*after, PAGE)):
         yield from (f for f in page if buckets is None or bucket_of(f.key) in buckets)
-        after = page[-1].key
+        after = resume_at(page[-1])
 
 
 class Outbox:

@@ -46,6 +46,11 @@ class Transport(Protocol):
         """Publishes made with `write` that the broker has not acknowledged yet."""
         ...
 
+    @property
+    def unacknowledged_bytes(self) -> int:
+        """Bytes of payload of every publish that the broker has not acknowledged yet."""
+        ...
+
     async def connect(self) -> None:
         """The first connection: returns once the broker accepted it, else raises
         (kvs.errors.BrokerUnreachable or BrokerRefused)."""

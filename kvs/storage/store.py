@@ -193,6 +193,14 @@ UNION ALL
 SELECT key, NULL, ver, val FROM versions WHERE key > ?1 AND key <= ?2
 ORDER BY 1, 3
 """
+# Floors (as version -1) and versions after the row (?1, ?2), in (key, version) order: a merge of two
+# index range scans, stepped only as far as it is read (`Store.export_after`).
+_STATE_AFTER = """
+SELECT key, -1, floor FROM floors WHERE key > ?1
+UNION ALL
+SELECT key, ver, val FROM versions WHERE (key, ver) > (?1, ?2)
+ORDER BY 1, 2
+"""
 _INSERT = "INSERT INTO versions (key, ver, val) VALUES (?, ?, ?)"
 # Adds a version unless it is below the key's floor or the version is taken.
 _ADD = """
@@ -331,6 +339,33 @@ class Store:
         if not keys:
             return []
         return list(_fragments(self._db.execute(_STATE_BETWEEN, (after, keys[-1][0]))))
+
+    def export_after(self, key: str, ver: Version, chars: int) -> list[Fragment]:
+        """The state after the row (`key`, `ver`) in (key, version) order, a floor counting as
+        version -1 (start at ("", -1)): about `chars` characters of keys and values, at least one
+        row, so a key with a long history comes in pieces (the join does not mind). Resume
+        after `resume_at` of the last fragment. Memory stays bounded whatever a key holds."""
+        rows = []
+        taken = 0
+        cursor = self._db.execute(_STATE_AFTER, (key, ver))
+        try:
+            for row in cursor:
+                rows.append(row)
+                taken += len(row[0]) + 12 + (len(row[2]) if row[1] >= 0 else 0)
+                if taken >= chars:
+                    break
+        finally:
+            cursor.close()  # the statement ends here, not when the cursor is collected
+        fragments = []
+        for name, group in groupby(rows, key=lambda row: row[0]):
+            floor, versions = 0, []
+            for _, at, val in group:
+                if at < 0:
+                    floor = val
+                else:
+                    versions.append((at, val))
+            fragments.append(Fragment(name, floor, tuple(versions)))
+        return fragments
 
     def key_count(self) -> int:
         """How many keys exist (tombstones excluded)."""
@@ -617,6 +652,11 @@ class Store:
         self._digest[bucket] ^= int.from_bytes(entry.digest(), "little")
         self._dirty.add(bucket)
         self._size += sign * (len(raw) + len(data) + ROW_OVERHEAD)
+
+
+def resume_at(fragment: Fragment) -> tuple[str, Version]:
+    """Where `Store.export_after` goes on after `fragment`: its last version, or its floor (-1)."""
+    return fragment.key, fragment.versions[-1][0] if fragment.versions else -1
 
 
 def _fragments(rows: Iterable[tuple[str, Version | None, Version | None, str | None]]) -> Iterator[Fragment]:

@@ -1,4 +1,5 @@
-"""The Replicator over a transport the test holds: each metric moves on its event, and only then."""
+"""The Replicator over a transport the test holds: each metric moves on its event, and only then; a
+transfer waits for the broker to acknowledge what it holds (kvs.replication.adapter.SEND_WINDOW)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kvs.metrics import Metrics
+from kvs.replication import adapter
 from kvs.replication.adapter import Replicator
-from kvs.replication.codec import Codec, Digest
+from kvs.replication.codec import Codec, Digest, Message, Transfer
 from kvs.replication.sending import WRITE_WINDOW
 from kvs.replication.sync import Sync
 from kvs.replication.transport import Listener, Subscriptions
@@ -31,6 +34,7 @@ class Transport:
         self.broker = "test"
         self.connected = True
         self.writes_in_flight = 0
+        self.unacknowledged_bytes = 0
         self.listener: Listener | None = None
 
     def open(
@@ -168,3 +172,45 @@ def test_peers_up_moves_when_a_peer_comes_and_goes_and_a_full_window_skips_a_bat
         assert w.value("kvs_replication_batches_applied_total") == 0  # ours are not applied here
 
     run(scenario)
+
+
+WINDOW = 100_000
+VALUE = "v" * 10_000
+KEYS = 100  # a store of 1 MB: ten windows
+
+
+def test_a_transfer_waits_for_the_broker_to_acknowledge_what_it_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(adapter, "SEND_WINDOW", WINDOW)
+
+    async def scenario(w: World) -> None:
+        w.store.join([Fragment(f"k{i:03}", 0, ((1, VALUE),)) for i in range(KEYS)])
+        sent = len(w.transport.published)
+        unacknowledged = 0
+
+        def publish(topic: str, payload: bytes, retain: bool = False, write: bool = False) -> None:
+            nonlocal unacknowledged
+            w.transport.published.append((topic, payload))
+            unacknowledged += len(payload)
+            w.transport.unacknowledged_bytes = unacknowledged
+
+        w.transport.publish = publish  # type: ignore[method-assign]
+        w.hear(f"{CLUSTER}/to/s1", w.s2.digest(Digest(ZERO, request=5), to="s1"))  # s2 asks for everything
+        rounds = 0
+        while not any(isinstance(m.body, Transfer) and m.body.last for m in received(w, sent)):
+            await w.settle()
+            # Never more than the window and one message beyond it waits for the broker.
+            assert unacknowledged <= WINDOW + 300_000
+            unacknowledged = w.transport.unacknowledged_bytes = 0  # the broker acknowledges it all
+            rounds += 1
+        assert rounds >= KEYS * len(VALUE) // (WINDOW + 300_000)
+        keys = {f.key for m in received(w, sent) if isinstance(m.body, Transfer) for f in m.body.fragments}
+        assert keys == {f"k{i:03}" for i in range(KEYS)}
+
+    run(scenario)
+
+
+def received(w: World, since: int) -> list[Message]:
+    s2 = Codec(CLUSTER, "s2", KEY, epoch=200, clock=lambda: 1)
+    return [s2.decode(p) for t, p in w.transport.published[since:] if t == f"{CLUSTER}/to/s2"]

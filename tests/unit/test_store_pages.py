@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvs.storage.store import Entry, Fragment, Store
+from kvs.storage.store import Entry, Fragment, Store, Version, resume_at
 from tests.state import everything, state_of
 from tests.strategies import VERSIONS, fragments
 
@@ -43,6 +43,27 @@ def test_key_pages_and_export_pages_make_the_whole(batch: list[Fragment], limit:
     while fragment_page := store.export_page(exported[-1].key if exported else "", limit):
         exported += fragment_page
     assert exported == everything(store)
+
+
+@settings(deadline=None)  # the machine is shared: no per-example deadline
+@given(st.lists(fragments), st.integers(min_value=1, max_value=40))
+def test_export_pieces_make_the_whole_and_stay_within_their_characters(
+    batch: list[Fragment], chars: int
+) -> None:
+    store = joined(batch)
+    pieces: list[Fragment] = []
+    after: tuple[str, Version] = ("", -1)
+    while page := store.export_after(*after, chars):
+        rows = [(f.key, None) for f in page if f.floor] + [(f.key, v) for f in page for _, v in f.versions]
+        # At least one row; past `chars` by the last row only.
+        last = max(len(key) + 12 + len(val or "") for key, val in rows)
+        assert sum(len(key) + 12 + len(val or "") for key, val in rows) < chars + last
+        pieces += page
+        after = resume_at(page[-1])
+    rejoined = Store(lambda: 1)
+    rejoined.join(pieces)  # a key's history may come in pieces: the join puts them together
+    assert everything(rejoined) == everything(store)
+    assert [f.key for f in pieces] == sorted(f.key for f in pieces)
 
 
 @settings(deadline=None)  # the machine is shared: no per-example deadline
