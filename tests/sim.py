@@ -36,7 +36,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from kvs.metrics import ReplicationMetrics
 from kvs.mqtt.loop import BACKOFF
@@ -160,7 +160,7 @@ class SimSession:
         self.listener = listener
         self.dead = False  # its process crashed, or it stopped
         self.held = False
-        self._broker = replica.cluster.broker
+        self._broker = replica.broker
         self._queue: list[tuple[str, bytes, bool]] = []  # published while away
         self._unacked: dict[int, bool] = {}  # writes the broker has not acknowledged (by token)
         self._tokens = itertools.count()
@@ -244,6 +244,7 @@ class SimSession:
 class Replica:
     def __init__(self, cluster: Cluster, name: str, interval: float) -> None:
         self.cluster, self.name, self.interval = cluster, name, interval
+        self.broker = cluster.broker  # the one it connects to (tests/sim_sites.py: its site's)
         self.store = Store(cluster.clock_ms)
         self.alive = False
         self.partitioned = False
@@ -306,7 +307,7 @@ class Replica:
         """Cuts the replica off from the broker (its connection breaks: the will), or ends that."""
         self.partitioned, self.reachable_since = on, self.cluster.now
         if on and self.session is not None:
-            self.cluster.broker.disconnect(self.session, will=True)
+            self.broker.disconnect(self.session, will=True)
 
     def write(self, key: str) -> None:
         """A client's Put, or a Del one time in five: what kvs.service.replicated does, unpaced."""
@@ -330,13 +331,24 @@ def matches(topic_filter: str, topic: str) -> bool:
     )
 
 
+class Bridge(Protocol):
+    """A bridge between two brokers (tests/sim_sites.py), told what happens on each of them."""
+
+    def forward(self, broker: Broker, topic: str, payload: bytes, retain: bool, sender: object) -> None:
+        """`sender` (a session, or a bridge) published this on `broker`."""
+
+    def broker_stopped(self, broker: Broker) -> None: ...
+    def broker_started(self, broker: Broker) -> None: ...
+
+
 class Broker:
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
+    def __init__(self, cluster: Cluster, name: str = "broker") -> None:
+        self.cluster, self.name = cluster, name
         self.up = True
         self.started = 0.0
         self.clients: dict[str, SimSession] = {}  # by client (replica) name, in connection order
         self.retained: dict[str, bytes] = {}
+        self.bridges: list[Bridge] = []
 
     def connect(self, session: SimSession) -> None:
         replica = session.replica
@@ -387,9 +399,13 @@ class Broker:
         for session in list(self.clients.values()):
             self.disconnect(session, will=False)
         self.retained.clear()
+        for bridge in self.bridges:
+            bridge.broker_stopped(self)
 
         def start() -> None:
             self.up, self.started = True, self.cluster.now
+            for bridge in self.bridges:
+                bridge.broker_started(self)
 
         self.cluster.after(down_for, start)
 
@@ -398,6 +414,10 @@ class Broker:
     ) -> None:
         if not force and self.clients.get(sender.name) is not sender:
             return
+        self.carry(sender, topic, payload, retain)
+
+    def carry(self, sender: object, topic: str, payload: bytes, retain: bool) -> None:
+        """Delivers what `sender` (a session, or a bridge) published here, and hands it to the bridges."""
         if retain:
             self.retained[topic] = payload
         for session in list(self.clients.values()):
@@ -405,6 +425,8 @@ class Broker:
                 if matches(topic_filter, topic) and not (no_local and session is sender):
                     self._send(session, topic, payload, delay=0.001, retained=False, lossy=not retain)
                     break
+        for bridge in self.bridges:
+            bridge.forward(self, topic, payload, retain, sender)
 
     def _send(
         self, receiver: SimSession, topic: str, payload: bytes, *, delay: float, retained: bool, lossy: bool
