@@ -33,6 +33,7 @@ Prints one `name=value` line per figure, then a table with ratios and targets.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -48,6 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import bench_loop_cpu
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from kvs._gen import kvs_pb2 as pb
@@ -77,7 +81,14 @@ RAW_BYTES = KEYS * (16 + 100)  # 16-byte keys, 100-byte values
 LAG_RATE, LAG_SECONDS = 1000, 3
 CUT_SECONDS = 60
 STALL_KEYS = 200_000
+STALL_CONTROL = 5.0
+"""Seconds of the stall part's control: the polling with nothing else running."""
+TRANSFER_KEYS = 1_000_000
+"""Keys a joiner takes in one transfer, in the stall part."""
 POLL_EVERY = 0.020
+STALL_SERVERS = ("s1", "s2")
+"""The stall part's servers: the one that takes the big calls, and its peer, which applies them."""
+STALL_CALLS = ("idle", "putall", "getrange", "delrange", "trim", "transfer")
 
 
 @dataclass
@@ -128,8 +139,13 @@ class Comparison:
 
 
 class Bench:
-    def __init__(self, rounds: int, seconds: float, work: Path, trim_versions: int = 200_000) -> None:
+    def __init__(
+        self, rounds: int, seconds: float, work: Path, trim_versions: int = 200_000, loop_cpu: bool = False
+    ) -> None:
         self.rounds = rounds
+        self.loop_cpu = loop_cpu  # the stall part's servers run under scripts/bench_loop_cpu.py
+        self.transfer_dir: Path | None = None  # the stall part's sender's --data-dir, once filled
+        self.sender: LocalServer | None = None
         self.trim_versions = trim_versions
         self.seconds = seconds
         self.work = work
@@ -140,9 +156,11 @@ class Bench:
 
     # Processes ---------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, broker_only: bool = False) -> None:
         self.broker = LocalBroker(self.work)
         self._keep(self.broker)
+        if broker_only:
+            return
         self.pair = self._pair("bench", [])
         self.kvs = address(self.pair[0])
         self.kvs_asyncio = address(self._pair("bench-asyncio", ["--event-loop", "asyncio"])[0])
@@ -166,9 +184,17 @@ class Bench:
         self.ports.append(Reservation())
         return self.ports[-1].port
 
-    def _server(self, name: str, cluster: str, extra: list[str], unsigned: bool = False) -> LocalServer:
+    def _server(
+        self,
+        name: str,
+        cluster: str,
+        extra: list[str],
+        unsigned: bool = False,
+        command: Sequence[str] = SERVER,
+    ) -> LocalServer:
         # unsigned: the same server with replication tags off (scripts/bench_noauth.py)
-        command = [PYTHON, str(ROOT / "scripts" / "bench_noauth.py")] if unsigned else SERVER
+        if unsigned:
+            command = [PYTHON, str(ROOT / "scripts" / "bench_noauth.py")]
         server = LocalServer(
             self.work, name, ["--broker", self.broker.address, "--cluster", cluster, *extra], command=command
         )
@@ -431,26 +457,91 @@ class Bench:
         self.record("memory_raw_100k_keys", "MB", RAW_BYTES * 100_000 / KEYS / 1e6)
 
     def stalls(self) -> None:
-        """The worst latency of a Get polled every 20 ms while one big call runs (one round)."""
-        s1, _ = self._pair("bench-stall", [])
-        target = address(s1)
+        """The worst latency of a Get polled every 20 ms on every server while one big call runs on the
+        first, and while a joiner takes a transfer; the control, the same polling with nothing else
+        running, in every round."""
+        command = [PYTHON, str(ROOT / "scripts" / "bench_loop_cpu.py")] if self.loop_cpu else SERVER
+        servers = [
+            self._server(f"stall-{n}", "bench-stall", [], command=command) for n in (1, 2)
+        ]  # s1 takes the calls, s2 applies them as replicated batches
+        s1 = servers[0]
         s1.stub.Put(pb.KeyValueRequest(key="polled", val="v"))
-        idle = Poller(target)  # the control: the same polling with nothing else running
-        time.sleep(10)
-        self.record("stall_idle_get_max", "ms", idle.stop())
+        wait_for("the polled key on every server", lambda: all(_has(s, "polled") for s in servers), 60)
         calls = (
             ("putall", ["putall", str(STALL_KEYS), "s"]),
+            ("getrange", ["getrange", "s"]),
             ("delrange", ["delrange", "s"]),
             (None, ["history", "h", str(self.trim_versions)]),  # loading, not measured
             ("trim", ["trim", "h"]),
         )
-        for name, args in calls:
-            poller = Poller(target) if name else None
-            run = self._script("bench_stall.py", target, *args)
-            done = json.loads(run.communicate(timeout=900)[0])
-            if poller and name:
-                self.record(f"stall_{name}_get_max", "ms", poller.stop())
-                self.record(f"stall_{name}_seconds", "s", done["seconds"])
+        for r in range(self.rounds):
+            self._stalled("idle", servers, lambda: time.sleep(STALL_CONTROL))
+            for name, args in calls:
+                run = functools.partial(self._call, address(s1), args)
+                if name is None:
+                    run()
+                    _converged(servers, f"loaded{r}")
+                else:
+                    self._stalled(name, servers, run, f"{name}{r}")
+            self._transfer(r, command)
+
+    def _call(self, target: str, args: list[str]) -> None:
+        done = json.loads(self._script("bench_stall.py", target, *args).communicate(timeout=900)[0])
+        self.record(f"stall_{args[0]}_seconds", "s", done["seconds"])
+
+    def _stalled(
+        self, name: str, servers: list[LocalServer], run: Callable[[], None], marker: str = ""
+    ) -> None:
+        """Polls every server while `run()` runs, and until every server has applied what it did (a
+        marker key written after it has reached them all): their worst Get and p99, and with
+        --loop-cpu the longest turn of each server's loop."""
+        since = _asctime()
+        pollers = [Poller(address(server)) for server in servers]
+        run()
+        if marker:
+            _converged(servers, marker)
+        for tag, server, poller in zip(STALL_SERVERS, servers, pollers, strict=True):
+            self._polled(f"stall_{name}", tag, server, poller, since)
+
+    def _polled(self, name: str, tag: str, server: LocalServer, poller: Poller, since: str) -> None:
+        worst, p99 = poller.stop()
+        self.record(f"{name}_get_max.{tag}", "ms", worst)
+        self.record(f"{name}_get_p99.{tag}", "ms", p99)
+        if self.loop_cpu:
+            turn = bench_loop_cpu.longest_turn(server.log(), since, _asctime())
+            self.record(f"{name}_turn_max.{tag}", "ms", turn)
+
+    def _transfer(self, r: int, command: Sequence[str]) -> None:
+        """A joiner takes the state of a server holding TRANSFER_KEYS keys: the sender's Get and the
+        joiner's health check polled from the joiner's start until it serves (a joiner answers no Get
+        before; its health check is answered by the same event loop)."""
+        if self.transfer_dir is None:
+            self.transfer_dir = self.work / "transfer"
+            _fill_dir(self.transfer_dir, "bench-transfer", TRANSFER_KEYS)
+            self.sender = self._server(
+                "transfer-1", "bench-transfer", ["--data-dir", str(self.transfer_dir)], command=command
+            )
+            self.sender.stub.Put(pb.KeyValueRequest(key="polled", val="v"))
+        sender = self.sender
+        assert sender is not None
+        joiner = LocalServer(
+            self.work,
+            f"transfer-2-{r}",
+            ["--broker", self.broker.address, "--cluster", "bench-transfer"],
+            command=command,
+        )
+        since = _asctime()
+        polled = Poller(address(sender))
+        joining = Poller(address(joiner), health=True)
+        self.processes.append(joiner)
+        start = time.monotonic()
+        joiner.start()
+        joiner.wait_serving(timeout=600)
+        self.record("stall_transfer_seconds", "s", time.monotonic() - start)
+        time.sleep(1)  # what follows SERVING (the caught-up log line, the first digests)
+        self._polled("stall_transfer", "s1", sender, polled, since)  # the sender
+        self._polled("stall_transfer", "s2", joiner, joining, since)  # the joiner
+        joiner.stop()
 
     def disk(self) -> None:
         """Put and PutAll with the store on disk (with and without --fsync) against in memory."""
@@ -479,13 +570,7 @@ class Bench:
         """Start to SERVING on a --data-dir holding KEYS_ON_DISK keys, and on an empty one."""
         full, empty = self.work / "restart-full", self.work / "restart-empty"
         for data, count in ((full, KEYS_ON_DISK), (empty, 0)):
-            data_dir = open_data_dir(data, "bench-restart")
-            store = Store(lambda: 1, data_dir.store_path)
-            store.defer_commits(lambda: None)  # one transaction for the whole fill
-            for i in range(count):
-                store.put(f"{i:016d}", "v" * 100)
-            store.close()
-            data_dir.close()
+            _fill_dir(data, "bench-restart", count)
         for r in range(self.rounds):
             for data, name in alternate(r, ((empty, "restart_empty"), (full, "restart"))):
                 start = time.monotonic()
@@ -507,30 +592,72 @@ class Bench:
 
 
 class Poller:
-    """Calls Get every 20 ms on a thread of its own and keeps the worst latency."""
+    """Calls Get (or the health check) every 20 ms on a thread of its own and keeps the latencies."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, health: bool = False) -> None:
         self._channel = open_channel(target)
         self._stub = pb_grpc.KeyValueStoreStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._call: Callable[[], object] = (
+            (lambda: self._health.Check(health_pb2.HealthCheckRequest(), timeout=60))
+            if health
+            else (lambda: self._stub.Get(pb.KeyRequest(key="polled"), timeout=60))
+        )
         self._stop = threading.Event()
-        self.worst = 0.0
+        self.took: list[float] = []
         self._thread = threading.Thread(target=self._run, name="poller", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             start = time.monotonic()
-            self._stub.Get(pb.KeyRequest(key="polled"), timeout=60)
+            try:
+                self._call()
+            except grpc.RpcError:  # not listening yet (a joiner): not an answer
+                self._stop.wait(POLL_EVERY)
+                continue
             took = time.monotonic() - start
-            self.worst = max(self.worst, took)
+            self.took.append(took)
             self._stop.wait(max(0.0, POLL_EVERY - took))
 
-    def stop(self) -> float:
-        """Stops polling; returns the worst latency in ms."""
+    def stop(self) -> tuple[float, float]:
+        """Stops polling; returns the worst latency and the p99, in ms."""
         self._stop.set()
         self._thread.join(60)
         self._channel.close()
-        return self.worst * 1000
+        took = sorted(self.took) or [0.0]
+        return took[-1] * 1000, took[int(len(took) * 0.99)] * 1000
+
+
+def _asctime() -> str:
+    """Now, as the servers' log lines write it (logging's asctime)."""
+    now = time.time()
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
+
+
+def _has(server: LocalServer, key: str) -> bool:
+    return bool(server.stub.Get(pb.KeyRequest(key=key), timeout=10).val)
+
+
+def _converged(servers: list[LocalServer], marker: str) -> None:
+    """Writes `marker` on the first server after what it did, and waits until every server has it:
+    replication applies a server's batches in order, so they have applied all that came before."""
+    servers[0].stub.Put(pb.KeyValueRequest(key=f"marker-{marker}", val="m"))
+    for server in servers:
+        wait_for(
+            f"{server.name} to apply the call", functools.partial(_has, server, f"marker-{marker}"), 600, 0.1
+        )
+
+
+def _fill_dir(data: Path, cluster: str, count: int) -> None:
+    """A --data-dir for `cluster` holding `count` keys of 16 bytes with 100-byte values."""
+    data_dir = open_data_dir(data, cluster)
+    store = Store(lambda: 1, data_dir.store_path)
+    store.defer_commits(lambda: None)  # one transaction for the whole fill
+    for i in range(count):
+        store.put(f"{i:016d}", "v" * 100)
+    store.close()
+    data_dir.close()
 
 
 def address(server: LocalServer) -> str:
@@ -596,8 +723,16 @@ COMPARISONS = [
     Comparison("60 s cut: everywhere", "sites_heal_everywhere", "", "<= 10 s", lambda r: True),
     Comparison("late joiner SERVING", "joiner_serving", "joiner_empty_serving", "<= 2 s", lambda r: True),
     *(
-        Comparison(f"Get while {call}", f"stall_{call}_get_max", "", "< 250 ms", lambda r: True)
-        for call in ("idle", "putall", "delrange", "trim")
+        Comparison(
+            f"{what} {call} {server}",
+            f"stall_{call}_{figure}.{server}",
+            f"stall_idle_{figure}.{server}" if call != "idle" else "",
+            "< 250 ms" if figure == "get_max" else "",
+            lambda r: True,
+        )
+        for call in STALL_CALLS
+        for server in STALL_SERVERS
+        for figure, what in (("get_max", "Get max"), ("get_p99", "Get p99"), ("turn_max", "turn CPU"))
     ),
     *(
         Comparison(
@@ -632,7 +767,11 @@ ABSOLUTE = {
     "sites_heal_everywhere": lambda v: v <= 10,
     "lag_p99": lambda v: v <= 10,
     "joiner_serving": lambda v: v <= 2,
-    **{f"stall_{call}_get_max": lambda v: v < 250 for call in ("idle", "putall", "delrange", "trim")},
+    **{
+        f"stall_{call}_get_max.{server}": lambda v: v < 250
+        for call in STALL_CALLS
+        for server in STALL_SERVERS
+    },
 }
 
 
@@ -686,6 +825,8 @@ PARTS = ["throughput", "metrics", "auth", "lag", "joiner", "stalls", "disk", "si
 DEFAULT_PARTS = PARTS[:-2]  # sites cuts a bridge for a minute; restart fills a million keys first
 ALONE = {"sites"}
 """Parts that start every process they need: the shared servers are not started for them."""
+BROKER_ONLY = {"stalls", "restart"}
+"""Parts that need the shared broker only: its servers are not started for them alone."""
 
 
 def main() -> int:
@@ -698,14 +839,20 @@ def main() -> int:
     parser.add_argument(
         "--trim-versions", type=int, default=200_000, help="versions of the key the stall part trims"
     )
+    parser.add_argument(
+        "--loop-cpu",
+        action="store_true",
+        help="run the stall part's servers under scripts/bench_loop_cpu.py (asyncio's loop): the longest"
+        " turn of each server's loop, in CPU ms, during each call",
+    )
     args = parser.parse_args()
     parts = args.only or DEFAULT_PARTS
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="kvs-bench-") as work:
-        bench = Bench(args.rounds, args.seconds, Path(work), args.trim_versions)
+        bench = Bench(args.rounds, args.seconds, Path(work), args.trim_versions, args.loop_cpu)
         try:
             if set(parts) - ALONE:
-                bench.start()
+                bench.start(broker_only=not set(parts) - ALONE - BROKER_ONLY)
             for part in parts:
                 getattr(bench, part)()
         finally:

@@ -1,6 +1,7 @@
 """Big requests for the benchmark's stall figures: one call that does a lot of work.
 
     python scripts/bench_stall.py ADDRESS putall COUNT PREFIX    # one PutAll stream of COUNT new keys
+    python scripts/bench_stall.py ADDRESS getrange PREFIX         # one GetRange over every PREFIX key, read
     python scripts/bench_stall.py ADDRESS delrange PREFIX         # one DelRange over every PREFIX key
     python scripts/bench_stall.py ADDRESS history KEY COUNT       # COUNT versions of KEY (PutAll streams)
     python scripts/bench_stall.py ADDRESS trim KEY                # one Trim of KEY
@@ -43,10 +44,11 @@ def main() -> None:
         if mode == "putall":
             count, prefix = int(args[0]), args[1]
             replies = sum(1 for _ in stub.PutAll(puts(key_of(prefix, i) for i in range(count))))
-        elif mode == "delrange":
+        elif mode in ("getrange", "delrange"):
             prefix = args[0]
             span = pb.KeyRange(fr=pb.KeyRequest(key=prefix), to=pb.KeyRequest(key=prefix + "\U0010ffff"))
-            replies = sum(1 for _ in stub.DelRange(span))
+            call = stub.GetRange if mode == "getrange" else stub.DelRange
+            replies = sum(1 for _ in call(span))
         elif mode == "history":
             key, count = args[0], int(args[1])
             replies = 0

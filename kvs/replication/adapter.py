@@ -26,7 +26,7 @@ from kvs.replication.sending import Outbox
 from kvs.replication.sync import Sync
 from kvs.replication.topics import UPTIME, Topics, bridge_state, recipient, uptime
 from kvs.replication.transport import SYSTEM_CLOCK, Clock, Opener
-from kvs.service.replicated import join_in_slices
+from kvs.service.replicated import Slices
 from kvs.storage.store import Fragment, Store
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class Replicator:
         self._last_flush = 0.0
         self._batches = Outbox(core.next_batch_seq)
         self._work: deque[Action] = deque()  # the core's actions, done in order by _work_forever
+        self._slices = Slices(store, clock.monotonic)  # one budget for all of them: see _work_forever
         self._backlog = 0  # fragments in self._work
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -153,6 +154,9 @@ class Replicator:
         self._wake.set()
 
     async def _work_forever(self) -> None:
+        # In slices that span actions (kvs.service.replicated.Slices): a peer's PutAll arrives as
+        # thousands of small batches, each well within a slice, which must not all be joined in one
+        # turn of the loop.
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -165,6 +169,9 @@ class Replicator:
                 if isinstance(action, Apply):
                     self._backlog -= _weight(action)
                     self._session.hold(self._backlog > BACKLOG)
+                else:
+                    self._slices.spend(1)
+                await self._slices.step()
 
     async def _do(self, action: Action) -> None:
         match action:
@@ -172,7 +179,7 @@ class Replicator:
                 payload = self._codec.encode(body, recipient(route))
                 self._session.publish(self._topics.route(route), payload, retain=retain)
             case Apply(origin=origin, fragments=fragments):
-                await join_in_slices(self._store, fragments)
+                await self._slices.join(fragments)
                 if action.batch:
                     self._metrics.batch_applied(action.size)
                     self._metrics.lag(self._clock.wall_ms() / 1000 - action.sent_ms / 1000)

@@ -20,7 +20,9 @@ suspending the handler. Large operations on the store run in slices of about
   oldest first, a slice at a time; the store's own delete or trim then has
   little left to do. Oldest first means a read in between gets either the
   answer from before the change or the one after it.
-- `join_in_slices` applies a peer's batch or transfer the same way.
+- `Slices` applies peers' batches and transfers the same way, with one budget
+  across them (the replicator's work queue): a peer's PutAll arrives as
+  thousands of small batches, which must not all be joined in one turn.
 - Reads of a range come from a keyset cursor, a page at a time, so a stream
   that is not read holds one page.
 
@@ -238,6 +240,85 @@ class ReplicatedStore:
             await _pause()
 
 
+class Slices:
+    """Applies peers' fragments (`join`) and other replication work in slices that span calls: a pause
+    once SLICE_ROWS rows were changed or `step_seconds` went by since the last pause, whichever
+    comes first, however the work is split into calls.
+
+    A replica applies a peer's PutAll as thousands of small batches: a budget per batch would never
+    run out, and the whole queue would be joined in one turn of the loop (issue 17: a Get on the
+    replica waited 1 s). `clock` gives seconds (the replicator's, simulated in tests/sim.py).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], float],
+        rows: int = SLICE_ROWS,
+        step_seconds: float = STEP_SECONDS,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._rows = rows
+        self._step = step_seconds
+        self._budget = rows
+        self._since = clock()
+        self.pauses = 0
+        """How many times it let the loop serve others (tests count them)."""
+
+    def spend(self, rows: int) -> None:
+        """Counts `rows` of work done outside `join` against the current slice."""
+        self._budget -= rows
+
+    def due(self) -> bool:
+        """Whether the current slice is used up (rows or time)."""
+        return self._budget <= 0 or self._clock() - self._since >= self._step
+
+    async def step(self) -> None:
+        """Pauses if the current slice is used up."""
+        if self.due():
+            await self.pause()
+
+    async def pause(self) -> None:
+        await _pause()
+        self.pauses += 1
+        self._budget = self._rows
+        self._since = self._clock()
+
+    async def join(self, fragments: Iterable[Fragment]) -> None:
+        """`store.join(fragments)`, in slices (see `join_in_slices`)."""
+        store = self._store
+        batch: list[Fragment] = []
+        for fragment in fragments:
+            if fragment.floor > 0:
+                while (dropped := store.drop_below(fragment.key, fragment.floor, max(self._budget, 1))) > 0:
+                    self._budget -= dropped
+                    if self._budget > 0:
+                        break  # fewer than asked: none left below the floor
+                    self._join(batch)
+                    batch = []
+                    await self.pause()
+            versions = fragment.versions
+            floor = fragment.floor
+            while True:
+                take = max(self._budget, 1)
+                piece, versions = versions[:take], versions[take:]
+                batch.append(Fragment(fragment.key, floor, piece))
+                floor = 0  # raised by the first piece already
+                self._budget -= len(piece) + 1
+                if self.due():
+                    self._join(batch)
+                    batch = []
+                    await self.pause()
+                if not versions:
+                    break
+        self._join(batch)
+
+    def _join(self, batch: list[Fragment]) -> None:
+        if batch:
+            self._store.join(batch)
+
+
 async def join_in_slices(store: Store, fragments: Iterable[Fragment], rows: int = SLICE_ROWS) -> None:
     """`store.join(fragments)` in steps of about `rows` rows, pausing in between.
 
@@ -245,27 +326,4 @@ async def join_in_slices(store: Store, fragments: Iterable[Fragment], rows: int 
     fragment's versions may be joined in pieces, and dropping the versions under
     a floor before raising it is part of what raising it does.
     """
-    batch: list[Fragment] = []
-    budget = rows
-    for fragment in fragments:
-        if fragment.floor > 0:
-            while (dropped := store.drop_below(fragment.key, fragment.floor, budget)) == budget:
-                await _pause()
-                budget = rows
-            budget -= dropped
-        versions = fragment.versions
-        floor = fragment.floor
-        while True:
-            piece, versions = versions[: max(budget, 1)], versions[max(budget, 1) :]
-            batch.append(Fragment(fragment.key, floor, piece))
-            floor = 0  # raised by the first piece already
-            budget -= len(piece) + 1
-            if budget <= 0:
-                store.join(batch)
-                batch = []
-                budget = rows
-                await _pause()
-            if not versions:
-                break
-    if batch:
-        store.join(batch)
+    await Slices(store, time.monotonic, rows, step_seconds=float("inf")).join(fragments)

@@ -18,6 +18,7 @@ from kvs.replication.codec import Codec, Digest, Message, Transfer
 from kvs.replication.sending import WRITE_WINDOW
 from kvs.replication.sync import Sync
 from kvs.replication.transport import Listener, Subscriptions
+from kvs.service.replicated import SLICE_ROWS
 from kvs.storage.store import BUCKETS, Fragment, Store
 from tests.clock import Clock
 from tests.sim import SimClock, SimLoop
@@ -214,3 +215,24 @@ def test_a_transfer_waits_for_the_broker_to_acknowledge_what_it_holds(
 def received(w: World, since: int) -> list[Message]:
     s2 = Codec(CLUSTER, "s2", KEY, epoch=200, clock=lambda: 1)
     return [s2.decode(p) for t, p in w.transport.published[since:] if t == f"{CLUSTER}/to/s2"]
+
+
+def test_many_small_batches_are_applied_in_slices_that_let_other_calls_in() -> None:
+    """A peer's PutAll arrives as thousands of small batches: joined all in one turn of the loop, they
+    kept a Get on the replica waiting (issue 17). A task that reads between the replicator's steps
+    must see the keys arrive a slice at a time."""
+    count = 1_000
+
+    async def scenario(w: World) -> None:
+        for i in range(count):
+            w.hear(f"{CLUSTER}/batch", w.s2.batch([Fragment(f"k{i:04}", 0, ((5, "v"),))], seq=i + 1))
+        seen = [w.store.key_count()]
+        while seen[-1] < count and len(seen) < 10 * count:
+            await asyncio.sleep(0)  # what a Get does between two turns of the loop
+            seen.append(w.store.key_count())
+        partial = {n for n in seen if 0 < n < count}
+        assert seen[-1] == count
+        # A fragment of one version counts for 2 rows: about count * 2 / SLICE_ROWS slices.
+        assert len(partial) >= count * 2 // SLICE_ROWS - 1
+
+    run(scenario)

@@ -9,7 +9,14 @@ from typing import TypeVar
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvs.service.replicated import DELETE_PAGE, ReplicatedStore, join_in_slices
+from kvs.service.replicated import (
+    DELETE_PAGE,
+    SLICE_ROWS,
+    STEP_SECONDS,
+    ReplicatedStore,
+    Slices,
+    join_in_slices,
+)
 from kvs.storage.store import Entry, Fragment, Store, Written
 from tests.clock import Clock
 from tests.state import everything, state_of
@@ -175,3 +182,33 @@ def test_join_in_slices_of_a_floor_over_a_long_history() -> None:
     asyncio.run(join_in_slices(store, history, rows=100))
     asyncio.run(join_in_slices(store, [Fragment("k", floor=5_000)], rows=100))
     assert (everything(store), store.digest()) == state_of(history, [Fragment("k", floor=5_000)])
+
+
+def test_slices_span_calls_and_equal_one_join() -> None:
+    """Slices keeps one budget across its calls: 300 joins of one small fragment each pause about every
+    SLICE_ROWS rows (a fragment of one version is 2), and the result is one join's."""
+    store = Store(lambda: 1)
+    slices = Slices(store, lambda: 0.0)  # a clock that stands still: only rows count
+    batch = [Fragment(f"k{i:03}", 0, ((i + 1, "v"),)) for i in range(300)]
+
+    async def run() -> None:
+        for fragment in batch:
+            await slices.join([fragment])
+
+    asyncio.run(run())
+    assert slices.pauses == 300 * 2 // SLICE_ROWS
+    assert (everything(store), store.digest()) == state_of(batch)
+
+
+def test_slices_pause_once_the_time_is_up_whatever_the_rows() -> None:
+    store = Store(lambda: 1)
+    now = [0.0]
+    slices = Slices(store, lambda: now[0])
+
+    async def run() -> None:
+        for i in range(10):
+            await slices.join([Fragment(f"k{i}", 0, ((1, "v"),))])
+            now[0] += STEP_SECONDS  # each join "took" a whole step
+
+    asyncio.run(run())
+    assert slices.pauses == 9  # each join but the first found the step used up
