@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from kvs._gen import kvs_pb2 as pb
+from kvs._gen import kvs_pb2_grpc
 from kvs._gen import replication_pb2 as rpb
 from kvs._gen import replication_pb2_grpc as rpb_grpc
 from kvs.admin.cli import dump_of
@@ -134,10 +135,14 @@ def test_del_range_racing_a_del_reports_each_key_deleted_exactly_once(kvs: Runni
     big = "v" * 2000  # DELETE_PAGE replies of this size exceed a stream's flow-control window
     list(kvs.stub.PutAll(iter(kv(k, big) for k in keys)))
     victim = keys[-1]
-    # A connection of its own: the DelRange's unread replies must not hold the Del back.
-    other = open_channel(f"127.0.0.1:{kvs.port}", options=[("grpc.use_local_subchannel_pool", 1)])
-    with other:
-        replies = kvs.stub.DelRange(span(keys[0], keys[-1]))
+    # Connections of their own: the DelRange's unread replies must not hold the Del back; and
+    # the DelRange's window stays at 64 KiB (gRPC's BDP probing grew it past the whole 1 MB
+    # range, so on a loaded machine the range was all deleted before the Del arrived).
+    own = [("grpc.use_local_subchannel_pool", 1)]
+    held = open_channel(f"127.0.0.1:{kvs.port}", options=[*own, ("grpc.http2.bdp_probe", 0)])
+    other = open_channel(f"127.0.0.1:{kvs.port}", options=own)
+    with held, other:
+        replies = kvs_pb2_grpc.KeyValueStoreStub(held).DelRange(span(keys[0], keys[-1]))
         first = next(iter(replies))
         removed = pb.KeyValueVersionReply.FromString(
             other.unary_unary("/project.KeyValueStore/Del", None, None)(key(victim).SerializeToString())
