@@ -32,9 +32,10 @@ def rows(stdout: str) -> dict[str, list[str]]:
 
 def test_status_from_one_address_finds_the_peer_and_shows_a_row_each(processes: Processes) -> None:
     s1, s2 = addressed(processes, 2)
-    for key in ("a", "b", "c"):
-        s1.stub.Put(pb.KeyValueRequest(key=key, val="v"))
-    s2.stub.Del(pb.KeyRequest(key="b"))
+    written = [s1.stub.Put(pb.KeyValueRequest(key=key, val="v")) for key in ("a", "b", "c")]
+    # s2 deletes the "b" it holds: a Del that came before the Put's replication would delete nothing.
+    wait_for("s2 to hold b", lambda: s2.stub.Get(pb.KeyRequest(key="b")).ver == written[1].ver)
+    assert s2.stub.Del(pb.KeyRequest(key="b")).ver == written[1].ver
     converged([s1, s2])
 
     done = run_admin("status", f"127.0.0.1:{s1.port}")
