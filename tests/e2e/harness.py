@@ -90,10 +90,11 @@ def mqtt_client(broker: LocalBroker) -> Iterator[mqtt.Client]:
         client.loop_stop()
 
 
-def publish_all(broker: LocalBroker, messages: Sequence[tuple[str, bytes]]) -> None:
+def publish_all(broker: LocalBroker, messages: Sequence[tuple[str, bytes]], retain: bool = False) -> None:
+    """Publishes each (topic, payload) at QoS 1 and waits for the broker to take it."""
     with mqtt_client(broker) as client:
         for topic, payload in messages:
-            client.publish(topic, payload, qos=1).wait_for_publish(10)
+            client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
 
 
 class Writer:

@@ -157,7 +157,7 @@ def test_fake_and_emptied_presences_neither_delay_nor_hurry_a_joiner(processes: 
     cluster = processes.cluster
     fake = [(f"{cluster}/peers/ghost", forger.presence())]
     emptied = [(f"{cluster}/peers/s1", b""), (f"{cluster}/peers/s2", b"")]
-    _publish_retained(processes.broker, fake + emptied)
+    publish_all(processes.broker, fake + emptied, retain=True)
     started = time.monotonic()
     joiner = processes.server("s3")
     assert time.monotonic() - started < 8, "a fake peer made the joiner wait"
@@ -187,15 +187,3 @@ def _other_key(processes: Processes) -> str:
     path.chmod(0o600)
     assert processes.cluster_key() != path.read_bytes()
     return str(path)
-
-
-def _publish_retained(broker: LocalBroker, messages: list[tuple[str, bytes]]) -> None:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
-    try:
-        for topic, payload in messages:
-            client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
