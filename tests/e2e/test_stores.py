@@ -4,9 +4,11 @@ one line, and what the peers hold comes back. Real ./server.sh processes."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
+import struct
 from pathlib import Path
 
 import pytest
@@ -24,17 +26,45 @@ CUT = re.compile(r"the write-ahead log of \S+ was cut: it lost the last (\d+) co
 def killed_with_a_log(
     processes: Processes, data: Path, name: str = "owner", keys: int = 600, peer: KvsServer | None = None
 ) -> list[str]:
-    """Writes `keys` keys (one commit each, the last ones still only in the write-ahead log: kvs
-    checkpoints every 250 commits), then kill -9 (once `peer` holds them all, if given)."""
+    """Writes `keys` keys (one commit each), then kill -9 (once `peer` holds them all, if given) at
+    a moment when the write-ahead log holds commits that the store file does not and no checkpoint
+    is copying them: cutting the log then loses those commits, and only those. (Killed at any
+    moment, a checkpoint, every second or 250 commits, had sometimes copied them all, or was
+    half-way: the cut lost nothing, or left the file torn.)"""
     server = start(processes, name, data)
     written = [f"k{i:05}" for i in range(keys)]
     for key in written:
         server.stub.Put(pb.KeyValueRequest(key=key, val="v"))
-    if peer is not None:
-        wait_for("the peer to hold every write", lambda: present(peer, written) == len(written))
+    for attempt in range(20):
+        if attempt:  # one more commit, which the last checkpoint did not copy unless due again
+            written.append(f"tail{attempt:02}")
+            server.stub.Put(pb.KeyValueRequest(key=written[-1], val="v"))
+        if peer is not None:
+            wait_for("the peer to hold every write", lambda: present(peer, written) == len(written))
+        os.kill(server.pid, signal.SIGSTOP)
+        if log_ahead_of_the_store(data):
+            break
+        os.kill(server.pid, signal.SIGCONT)
+    else:
+        raise AssertionError("the log never held a commit the store file lacked")
     server.stop(signal.SIGKILL)
     assert (data / WAL).stat().st_size > 0
     return written
+
+
+def log_ahead_of_the_store(data: Path) -> bool:
+    """Whether the write-ahead log holds frames not yet copied into the store file, with no
+    checkpoint under way: read from SQLite's WAL index (the -shm file: mxFrame, the frames in
+    the log; nBackfill, those copied) and its checkpoint lock (https://sqlite.org/walformat.html)."""
+    with open(data / f"{STORE_FILE}-shm", "r+b") as shm:
+        header = shm.read(136)
+        (frames,), (copied,) = struct.unpack_from("=I", header, 16), struct.unpack_from("=I", header, 96)
+        try:
+            fcntl.lockf(shm, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 121)  # WAL_CKPT_LOCK: 120 + 1
+        except OSError:
+            return False  # a checkpoint is copying frames
+        fcntl.lockf(shm, fcntl.LOCK_UN, 1, 121)
+    return bool(frames > copied)
 
 
 def files(data: Path) -> dict[str, str]:
