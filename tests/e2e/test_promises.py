@@ -38,10 +38,16 @@ def test_writes_lost_in_a_40_s_broker_outage_are_all_repaired_while_writes_go_on
         writer.wait_for(500)
         broker.stop(signal.SIGKILL)
         time.sleep(40)  # the outage itself: writes go on, and fill the servers' write windows
+        # What the test is about, whatever this machine's speed (a count of writes was a proxy,
+        # 5,000 in 40 s, that a loaded machine missed): every server skipped batches.
+        wait_for(
+            "every server's write window to fill",
+            lambda: all("(write window full)" in server.log() for server in servers),
+            timeout=120,
+        )
         processes.new_broker(port=broker.port)
         back = time.monotonic()
         before = dict(writer.acknowledged)
-        assert len(before) > 5_000
 
         # Reading tens of thousands of keys back from three servers takes Python's gRPC
         # client longer than the repair itself, so the clock stops when every tenth write of
