@@ -66,9 +66,16 @@ class Kept:
 
 def state_pages(store: Store, buckets: frozenset[int] | None) -> Iterator[Fragment]:
     """The state of `buckets` (None: all), a page of about PAGE characters at a time."""
+    for page in state_by_page(store, buckets):
+        yield from page
+
+
+def state_by_page(store: Store, buckets: frozenset[int] | None) -> Iterator[list[Fragment]]:
+    """The same, page by page: each page read is one step, even when none of its keys is in `buckets`
+    (a sender pauses in between: a repair of one bucket reads every page of the store)."""
     after: tuple[str, Version] = ("", -1)
     while buckets != frozenset() and (page := store.export_after(*after, PAGE)):
-        yield from (f for f in page if buckets is None or bucket_of(f.key) in buckets)
+        yield [f for f in page if buckets is None or bucket_of(f.key) in buckets]
         after = resume_at(page[-1])
 
 
@@ -87,7 +94,8 @@ class Outbox:
         self._kept.add(seq, fragments)
         return seq, in_flight < (WRITE_WINDOW if connected else AWAY_WINDOW)
 
-    def state(self, send: SendState, store: Store) -> tuple[Iterable[Fragment], bool]:
-        """What to send for `send`, and whether that is our kept batches again (else pages of our state)."""
+    def state(self, send: SendState, store: Store) -> tuple[Iterable[list[Fragment]], bool]:
+        """What to send for `send`, in pages, and whether that is our kept batches again (else pages of
+        our state)."""
         kept = self._kept.since(send.since)
-        return (kept, True) if kept is not None else (state_pages(store, send.buckets), False)
+        return ([kept], True) if kept is not None else (state_by_page(store, send.buckets), False)

@@ -236,3 +236,25 @@ def test_many_small_batches_are_applied_in_slices_that_let_other_calls_in() -> N
         assert len(partial) >= count * 2 // SLICE_ROWS - 1
 
     run(scenario)
+
+
+def test_a_transfer_is_read_and_encoded_in_slices_that_let_other_calls_in() -> None:
+    """A joiner asks for everything: the sender reads, encodes and sends its state in slices. A task that
+    runs between the replicator's steps must run many times before the final part goes out (it ran
+    once a message, 256 K characters, 20 to 60 ms of work; issue 17)."""
+    count = 3_000
+
+    async def scenario(w: World) -> None:
+        w.store.join([Fragment(f"k{i:04}", 0, ((1, "v" * 100),)) for i in range(count)])
+        sent = len(w.transport.published)
+        w.hear(f"{CLUSTER}/to/s1", w.s2.digest(Digest(ZERO, request=5), to="s1"))  # s2 asks for everything
+        turns = 0
+        while not any(isinstance(m.body, Transfer) and m.body.last for m in received(w, sent)):
+            await asyncio.sleep(0)  # what a Get does between two turns of the loop
+            turns += 1
+            assert turns < 100_000, "the transfer did not end"
+        keys = {f.key for m in received(w, sent) if isinstance(m.body, Transfer) for f in m.body.fragments}
+        assert len(keys) == count
+        assert turns >= count * 2 // SLICE_ROWS - 1  # a fragment of one version: 2 rows
+
+    run(scenario)

@@ -16,6 +16,7 @@ from kvs.replication.codec import (
     FORMAT,
     MAX_PAYLOAD,
     TAG,
+    TRANSFER_CHUNK,
     Batch,
     Codec,
     Digest,
@@ -87,6 +88,23 @@ def test_a_large_transfer_is_split_and_only_the_final_message_is_last() -> None:
     assert len({t.id for t in transfers}) == 1
     assert transfers[-1].parts == len(transfers)
     assert [t.send_back for t in transfers][-1] == frozenset({7})
+    assert [f for t in transfers for f in t.fragments] == fragments
+
+
+def test_a_transfer_made_a_fragment_at_a_time_is_the_same_in_smaller_messages() -> None:
+    fragments = [Fragment(f"key{i:05}", 0, ((1, "v" * 100),)) for i in range(2_000)]
+    writer = codec.transfer_writer("s9", TRANSFER_CHUNK)
+    payloads = [p for f in fragments for p in writer.add(f)] + writer.finish([3], answers=4)
+    assert len(payloads) > 3
+    assert all(len(p) < TRANSFER_CHUNK + 4096 for p in payloads)
+    transfers = [body for p in payloads if isinstance(body := other.decode(p).body, Transfer)]
+    assert [t.part for t in transfers] == list(range(len(payloads)))
+    assert [t.last for t in transfers] == [False] * (len(payloads) - 1) + [True]
+    assert (transfers[-1].parts, transfers[-1].send_back, transfers[-1].answers) == (
+        len(payloads),
+        frozenset({3}),
+        4,
+    )
     assert [f for t in transfers for f in t.fragments] == fragments
 
 

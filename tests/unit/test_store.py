@@ -204,6 +204,24 @@ def test_state_pages_filter_by_bucket(store: Store) -> None:
     assert "key7" in exported
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 1_000])
+def test_keys_counted_in_steps_add_up_to_the_key_count(store: Store, rows: int) -> None:
+    for i in range(60):
+        for ver in range(1, i % 4 + 2):  # 1 to 4 versions a key
+            store.join([Fragment(f"k{i:02}", 0, ((ver, "v"),))])
+    for i in range(0, 60, 7):
+        store.delete(f"k{i:02}")  # tombstones are not keys
+    total, after, steps = 0, "", 0
+    while True:
+        counted, next_after = store.count_keys(after, rows)
+        total, steps = total + counted, steps + 1
+        if next_after is None:
+            break
+        after = next_after
+    assert total == store.key_count() == 60 - 9
+    assert steps >= len(list(store.keys("", "\U0010ffff", "", 1_000))) // rows
+
+
 def test_no_version_beyond_the_largest_and_no_floor_beyond_the_bound(store: Store) -> None:
     store.join([Fragment("k", versions=((LAST_VERSION, "last"),))])
     with pytest.raises(VersionExhausted):
