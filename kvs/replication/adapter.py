@@ -15,12 +15,13 @@ import logging
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Final, assert_never, cast
 
 from kvs.errors import CodecError
 from kvs.metrics import NO_METRICS, DropReason, ReplicationMetrics
 from kvs.replication.actions import Action, Apply, Note, PeerCounts, Publish, SendState, Serve
-from kvs.replication.codec import TRANSFER_CHUNK, Codec, chunks, weight_of
+from kvs.replication.codec import TRANSFER_CHUNK, Codec, Message, chunks, weight_of
 from kvs.replication.droplog import DropLog
 from kvs.replication.sending import Outbox
 from kvs.replication.sync import Sync
@@ -43,6 +44,14 @@ DRAIN_POLL: Final = 0.005
 """Seconds between two looks at the broker's acknowledgements while a transfer waits."""
 POLL: Final = 0.05
 """Seconds between two polls of the core while it joins (it may serve as soon as the broker settled)."""
+DECODE_AT_ONCE: Final = 128 * 1024
+"""Payloads up to this many bytes are decoded as they arrive (up to some 1,000 fragments, 5 ms); a
+larger one (a CHUNK batch of an older server, or up to MAX_PAYLOAD from another implementation) waits
+its turn in the work queue and is decoded in slices..."""
+DECODE_STEP: Final = 200
+"""...of this many fragments (about 1 ms)..."""
+DECODED_PER_ROW: Final = 2
+"""...where making 2 costs about what joining one row does."""
 COUNT_ROWS: Final = 10_000
 """Versions counted over per step of `_key_count` (about 0.2 µs each)..."""
 COUNT_PER_ROW: Final = 50
@@ -83,7 +92,8 @@ class Replicator:
         self._flush_at: float | None = None  # when the next batch goes out (loop time)
         self._last_flush = 0.0
         self._batches = Outbox(core.next_batch_seq)
-        self._work: deque[Action] = deque()  # the core's actions, done in order by _work_forever
+        self._work: deque[Action | _Decode] = deque()  # the core's actions, done in order by _work_forever
+        self._decoding = 0  # large payloads waiting in self._work to be decoded
         self._slices = Slices(store, clock.monotonic)  # one budget for all of them: see _work_forever
         self._backlog = 0  # fragments in self._work
         self._wake = asyncio.Event()
@@ -154,8 +164,13 @@ class Replicator:
     def _run(self, actions: Sequence[Action]) -> None:
         self._work.extend(actions)
         self._backlog += sum(_weight(a) for a in actions)
-        self._session.hold(self._backlog > BACKLOG)  # bounded memory for what arrives
+        self._hold()
         self._wake.set()
+
+    def _hold(self) -> None:
+        # Bounded memory for what arrives; and while a large payload is decoded, what follows it waits
+        # in the socket, so that the core still takes the messages in the order they came.
+        self._session.hold(self._backlog > BACKLOG or self._decoding > 0)
 
     async def _work_forever(self) -> None:
         # In slices that span actions (kvs.service.replicated.Slices): a peer's PutAll arrives as
@@ -172,13 +187,15 @@ class Replicator:
                     log.exception("a replication step failed (ignored)")
                 if isinstance(action, Apply):
                     self._backlog -= _weight(action)
-                    self._session.hold(self._backlog > BACKLOG)
+                    self._hold()
                 else:
                     self._slices.spend(1)
                 await self._slices.step()
 
-    async def _do(self, action: Action) -> None:
+    async def _do(self, action: Action | _Decode) -> None:
         match action:
+            case _Decode():
+                await self._decode(action)
             case Publish(route=route, body=body, retain=retain):
                 payload = self._codec.encode(body, recipient(route))
                 self._session.publish(self._topics.route(route), payload, retain=retain)
@@ -298,15 +315,56 @@ class Replicator:
             if (bridge := bridge_state(topic, payload)) is not None:
                 self._run(self._sync.bridge(*bridge, retained, now))
             return
+        if len(payload) > DECODE_AT_ONCE:  # decoded in slices, in its turn (`_decode`)
+            self._decoding += 1
+            self._hold()
+            self._work.append(_Decode(topic, payload, retained))
+            self._wake.set()
+            return
         try:
-            message = self._topics.check(topic, self._codec.decode(payload))
+            message = self._codec.decode(payload)
         except CodecError as error:
-            self._metrics.dropped(cast(DropReason, error.reason))
-            self._drops.drop(error.reason, f"on {topic}: {error}")
-            if topic == self._presence:  # something not ours took our retained presence's place
-                self._run(self._sync.presence_overwritten(now))
+            self._undecoded(topic, error, now)
+            return
+        self._received(topic, message, retained, now)
+
+    async def _decode(self, work: _Decode) -> None:
+        """A large payload's fragments made DECODE_STEP at a time, in the slices of `_work_forever`."""
+        try:
+            for message in self._codec.decode_in_steps(work.payload, DECODE_STEP):
+                if message is None:
+                    self._slices.spend(DECODE_STEP // DECODED_PER_ROW)
+                    await self._slices.step()
+                else:
+                    self._received(work.topic, message, work.retained, self._clock.monotonic())
+        except CodecError as error:
+            self._undecoded(work.topic, error, self._clock.monotonic())
+        finally:
+            self._decoding -= 1
+            self._hold()
+
+    def _received(self, topic: str, message: Message, retained: bool, now: float) -> None:
+        try:
+            self._topics.check(topic, message)
+        except CodecError as error:
+            self._undecoded(topic, error, now)
             return
         self._run(self._sync.message(message, now, self._store.digest(), retained))
+
+    def _undecoded(self, topic: str, error: CodecError, now: float) -> None:
+        self._metrics.dropped(cast(DropReason, error.reason))
+        self._drops.drop(error.reason, f"on {topic}: {error}")
+        if topic == self._presence:  # something not ours took our retained presence's place
+            self._run(self._sync.presence_overwritten(now))
+
+
+@dataclass(frozen=True, slots=True)
+class _Decode:
+    """A large payload, to decode in its turn (`Replicator._decode`)."""
+
+    topic: str
+    payload: bytes
+    retained: bool
 
 
 def _weight(action: Action) -> int:

@@ -199,6 +199,27 @@ class Codec:
 
     def decode(self, payload: bytes) -> Message:
         """The message in `payload`; CodecError unless it is a valid, authentic one for this cluster."""
+        envelope = self._open(payload)
+        return _message(envelope, _body(envelope), len(payload))
+
+    def decode_in_steps(self, payload: bytes, step: int) -> Iterator[Message | None]:
+        """`decode`, for a large payload: the tag and the parse at once (C code: 10 to 30 ms for the
+        largest payload), then its fragments made `step` at a time, yielding None after each step so
+        that the caller can pause, and the message last. Raises CodecError as `decode` does."""
+        envelope = self._open(payload)
+        kind = envelope.WhichOneof("body")
+        if kind not in ("batch", "transfer"):
+            yield _message(envelope, _body(envelope), len(payload))
+            return
+        source = envelope.batch.fragments if kind == "batch" else envelope.transfer.fragments
+        made: list[Fragment] = []
+        for start in range(0, len(source), step):
+            made.extend(_fragments(source[start : start + step]))
+            yield None
+        yield _message(envelope, _body(envelope, tuple(made)), len(payload))
+
+    def _open(self, payload: bytes) -> pb.Envelope:
+        """The envelope of an authentic payload of this cluster, parsed; its body not checked yet."""
         if not payload:
             raise CodecError("empty payload")
         if len(payload) > MAX_PAYLOAD:
@@ -219,9 +240,11 @@ class Codec:
             raise CodecError("message without an origin")
         if not envelope.epoch or not envelope.counter:
             raise CodecError("message without an epoch and counter")
-        body_ = _body(envelope)
-        e = envelope
-        return Message(e.origin, body_, e.epoch, e.counter, e.sent_ms, e.to, len(payload))
+        return envelope
+
+
+def _message(e: pb.Envelope, body: Body, size: int) -> Message:
+    return Message(e.origin, body, e.epoch, e.counter, e.sent_ms, e.to, size)
 
 
 class TransferWriter:
@@ -266,10 +289,11 @@ class TransferWriter:
         return out
 
 
-def _body(envelope: pb.Envelope) -> Body:
+def _body(envelope: pb.Envelope, made: tuple[Fragment, ...] | None = None) -> Body:
+    """The message's body; `made`: its fragments, already made (`Codec.decode_in_steps`)."""
     kind = envelope.WhichOneof("body")
     if kind == "batch":
-        return Batch(_fragments(envelope.batch.fragments), envelope.batch.seq)
+        return Batch(_fragments(envelope.batch.fragments) if made is None else made, envelope.batch.seq)
     if kind == "digest":
         digest = envelope.digest
         buckets = tuple(digest.buckets)
@@ -283,7 +307,8 @@ def _body(envelope: pb.Envelope) -> Body:
             raise CodecError(f"transfer asks for a bucket beyond {BUCKETS - 1}")
         if t.last and not t.part < t.parts:
             raise CodecError(f"final transfer part {t.part} of {t.parts}")
-        return Transfer(_fragments(t.fragments), t.last, send_back, t.id, t.part, t.parts, t.answers)
+        fragments = _fragments(t.fragments) if made is None else made
+        return Transfer(fragments, t.last, send_back, t.id, t.part, t.parts, t.answers)
     if kind == "presence":
         return Presence(envelope.presence.up)
     raise CodecError("message without a body")

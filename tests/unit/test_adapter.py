@@ -258,3 +258,29 @@ def test_a_transfer_is_read_and_encoded_in_slices_that_let_other_calls_in() -> N
         assert turns >= count * 2 // SLICE_ROWS - 1  # a fragment of one version: 2 rows
 
     run(scenario)
+
+
+def test_a_large_payload_is_decoded_in_slices_that_let_other_calls_in() -> None:
+    """SPEC 3, guarantee 8: a 5 MB batch. Its tag and parse are C code; making its 20,000 fragments took
+    one turn of 100 to 400 ms. A task that runs between the replicator's steps must run many times
+    before the last key is in, and the reads it makes see the batch arrive a slice at a time."""
+    count = 20_000
+
+    async def scenario(w: World) -> None:
+        big = [Fragment(f"k{i:05}", 0, ((5, "v" * 100),)) for i in range(count)]
+        payload = w.s2.batch(big, seq=1)
+        assert len(payload) > adapter.DECODE_AT_ONCE
+        w.hear(f"{CLUSTER}/batch", payload)
+        turns, decoding = 0, 0
+        while w.store.get(big[-1].key).val != "v" * 100:
+            await asyncio.sleep(0)  # what a Get does between two turns of the loop
+            turns += 1
+            decoding += not w.store.get(big[0].key).val  # not one key in yet: still decoding
+            assert turns < 1_000_000, "the batch was not applied"
+        assert w.store.key_count() == count
+        assert w.value("kvs_replication_batches_applied_total") == 1
+        # A slice makes 400 fragments (2 make a row's worth of work), or joins 100 (2 rows each).
+        assert decoding >= count // (2 * adapter.DECODE_STEP) - 1
+        assert turns >= decoding + count * 2 // SLICE_ROWS - 1
+
+    run(scenario)

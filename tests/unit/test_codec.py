@@ -108,6 +108,17 @@ def test_a_transfer_made_a_fragment_at_a_time_is_the_same_in_smaller_messages() 
     assert [f for t in transfers for f in t.fragments] == fragments
 
 
+def test_a_payload_decoded_in_steps_is_the_same_message() -> None:
+    fragments = [Fragment(f"key{i:05}", 0, ((1, "v" * 10),)) for i in range(1_000)]
+    for payload in [codec.batch(fragments, 3), *codec.transfer(fragments, to="s2"), codec.presence()]:
+        steps = list(other.decode_in_steps(payload, 300))
+        assert steps[-1] == other.decode(payload)
+        assert all(step is None for step in steps[:-1])
+    assert len(list(other.decode_in_steps(codec.batch(fragments, 4), 300))) == 4 + 1
+    with pytest.raises(CodecError, match="bad authentication tag"):
+        list(other.decode_in_steps(codec.batch(fragments, 5)[:-1] + b"?", 300))
+
+
 def test_a_key_too_big_for_one_message_travels_in_pieces_that_join_to_the_same_state() -> None:
     big = Fragment("k", 2, tuple((ver, str(ver) * 300_000) for ver in range(2, 40)))
     payloads = [codec.batch(chunk, 0) for chunk in chunks([big])]
