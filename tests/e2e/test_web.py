@@ -20,6 +20,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from kvs._gen import kvs_pb2 as pb
+from kvs.clock import now_ms
 from kvs.local.processes import Process, port_open, wait_for
 from kvs.replication.codec import Codec
 from tests.e2e.conftest import Certs, Processes, addressed, tls_server
@@ -220,7 +221,7 @@ def test_a_server_started_late_shows_its_catch_up(
     # presence made with the cluster key), it stays joining until that member leaves, whatever
     # the speed of this machine. (s2 paused instead left joining within 15 s of the pause, when
     # the broker dropped s2: too soon on a loaded machine.)
-    ghost = Codec(processes.cluster, "ghost", processes.cluster_key(), epoch=int(time.time() * 1000))
+    ghost = Codec(processes.cluster, "ghost", processes.cluster_key(), epoch=now_ms(), clock=now_ms)
     presence = f"{processes.cluster}/peers/ghost"
     publish_all(processes.broker, [(presence, ghost.presence())], retain=True)
     late = processes.server(late_name, port=late_port, wait=False)
