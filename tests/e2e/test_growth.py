@@ -13,7 +13,8 @@ from kvs._gen import kvs_pb2 as pb
 from kvs.local.processes import wait_for
 from kvs.storage.datadir import STORE_FILE
 from tests.e2e.conftest import Processes
-from tests.e2e.harness import ROOT, KvsServer, converged, run_admin, scrape
+from tests.e2e.harness import ROOT, KvsServer, converged, run_admin
+from tests.scrape import scrape
 
 
 @pytest.mark.parametrize(

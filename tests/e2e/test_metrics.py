@@ -11,7 +11,8 @@ import pytest
 from kvs._gen import kvs_pb2 as pb
 from kvs.local.processes import wait_for
 from tests.e2e.conftest import Processes
-from tests.e2e.harness import ROOT, KvsServer, scrape
+from tests.e2e.harness import ROOT, KvsServer
+from tests.scrape import scrape
 
 KVS = "/project.KeyValueStore/"
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from collections.abc import Iterator
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import kvs_pb2_grpc
@@ -18,8 +16,8 @@ from kvs.server.main import Server
 from kvs.service.replicated import ReplicatedStore
 from kvs.storage.store import Store
 from tests.clock import Clock
+from tests.scrape import Samples, scrape
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 KVS = "/project.KeyValueStore/"
 
 
@@ -47,13 +45,7 @@ class Measured:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)  # type: ignore[arg-type]
 
     def scrape(self) -> Samples:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as reply:
-            text = reply.read().decode()
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
+        return scrape(self.metrics_port)
 
     def stop(self) -> None:
         self.channel.close()
