@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -40,12 +40,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kvs._gen import kvs_pb2, kvs_pb2_grpc
 from kvs._gen import replication_pb2 as pb
 from kvs._gen import replication_pb2_grpc as pb_grpc
+from kvs.admin.parts import joined_stream
 from kvs.admin.view import (
     ADDRESS,
     Agreement,
     Agreements,
     Diff,
-    FragmentLike,
     Thinner,
     cut,
     differing,
@@ -458,7 +458,7 @@ class Monitor:
             return
         calls = {t.name: pb_grpc.AdminStub(t.channel).Dump(pb.DumpRequest(), timeout=60) for t in answering}
         try:
-            diff: Diff = await differing({n: _fragments(c) for n, c in calls.items()}, DIFF_LISTED)
+            diff: Diff = await differing({n: joined_stream(c) for n, c in calls.items()}, DIFF_LISTED)
         except grpc.RpcError as error:
             self.diff = {"at": at, "error": self._why(error, "a server")}
             return
@@ -524,23 +524,6 @@ class Monitor:
                 self._probe_turn += 1
                 target = serving[self._probe_turn % len(serving)]
                 await self.kv("put", target.address, PROBE_KEY, str(now_ms(self._clock())))
-
-
-async def _fragments(call: Any) -> AsyncIterator[FragmentLike]:
-    """Dump's replies, one Fragment per key: consecutive parts of a key joined (kvs/admin/parts.py)."""
-    whole: pb.Fragment | None = None
-    async for part in call:
-        if whole is not None and part.key == whole.key:
-            whole.floor = max(whole.floor, part.floor)
-            whole.versions.extend(part.versions)
-            whole.values.extend(part.values)
-            continue
-        if whole is not None:
-            yield whole
-        whole = pb.Fragment()
-        whole.CopyFrom(part)
-    if whole is not None:
-        yield whole
 
 
 # ----- HTTP

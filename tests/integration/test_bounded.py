@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import cast
 
 import grpc
@@ -14,6 +14,7 @@ from kvs._gen import kvs_pb2_grpc
 from kvs._gen import replication_pb2 as rpb
 from kvs._gen import replication_pb2_grpc as rpb_grpc
 from kvs.admin.cli import dump_of
+from kvs.admin.parts import joined_stream
 from kvs.admin.service import WATCH_BACKLOG_KEYS, Admin
 from kvs.limits import MAX_REPLY_BYTES, MAX_REQUEST_BYTES
 from kvs.net.channel import open_channel
@@ -249,3 +250,12 @@ def test_dump_of_a_history_past_4_mib_streams_it_in_parts_that_readers_join(
         ("long", 5, [10, 11, 12]),
     ]
     assert list(whole[2].values) == [v for _, v in history.versions]
+
+    async def streamed() -> list[rpb.Fragment]:  # as `admin.sh web` reads Dump
+        async def replies() -> AsyncIterator[rpb.Fragment]:
+            for part in parts:
+                yield part
+
+        return [fragment async for fragment in joined_stream(replies())]
+
+    assert asyncio.run(streamed()) == whole
