@@ -119,6 +119,18 @@ class Certs:
     other_cert: Path  # a client certificate signed by other_ca
     other_key: Path
 
+    def client_flags(self) -> list[str]:
+        """The flags of a client (`client.sh`, `admin.sh`) that trusts `ca` and shows the good client's
+        certificate."""
+        return [
+            "--tls-ca",
+            str(self.ca),
+            "--tls-cert",
+            str(self.client_cert),
+            "--tls-key",
+            str(self.client_key),
+        ]
+
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:

@@ -77,14 +77,7 @@ def test_health_reflection_and_admin_share_the_secure_port(processes: Processes,
     assert server.health() == health_pb2.HealthCheckResponse.SERVING
     assert "project.KeyValueStore" in ProtoReflectionDescriptorDatabase(server.channel).get_services()
     address = f"127.0.0.1:{server.port}"
-    flags = [
-        "--tls-ca",
-        str(certs.ca),
-        "--tls-cert",
-        str(certs.client_cert),
-        "--tls-key",
-        str(certs.client_key),
-    ]
+    flags = certs.client_flags()
     status = run_admin("status", address, *flags)
     assert status.returncode == 0, status.stderr
     assert status.stdout.splitlines()[1].split()[:3] == ["tls1", f"127.0.0.1:{server.port}", "SERVING"]

@@ -292,14 +292,7 @@ def test_the_view_speaks_mutual_tls_with_the_admin_tools_flags(
 ) -> None:
     server = tls_server(processes, certs, mutual=True)
     address = f"127.0.0.1:{server.port}"
-    flags = [
-        "--tls-ca",
-        str(certs.ca),
-        "--tls-cert",
-        str(certs.client_cert),
-        "--tls-key",
-        str(certs.client_key),
-    ]
+    flags = certs.client_flags()
     page = open_page(browser, start_web(processes, address, flags=flags), tmp_path)
     page.wait_cards("the SERVING card", lambda c: c.get("tls1", {}).get("health") == "SERVING")
     browser.find_element(By.ID, "kv-put").click()
