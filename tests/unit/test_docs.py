@@ -11,12 +11,14 @@
   `docs/...`) exists, and every dotted name (`kvs.storage.store`, `kvs.Client`) that the
   docs or the comments and docstrings of kvs/ name can be imported;
 - no doc says a feature is "coming", "not built" or true only "as of this version":
-  docs say what the code does now.
+  docs say what the code does now;
+- docs/operations.md's metrics table names exactly the metrics a server exposes.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import importlib
 import io
@@ -28,6 +30,8 @@ from typing import Any, NoReturn
 import pytest
 
 from kvs.client.cli import build_parser as client_parser
+from kvs.metrics import Metrics, StoreCollector
+from kvs.storage.store import Stats
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -254,3 +258,22 @@ def test_every_module_the_docs_and_docstrings_name_exists() -> None:
         if name not in FILE_NAMES and not resolves(name)
     ]
     assert not unknown, "no such module or attribute:\n" + "\n".join(unknown)
+
+
+def test_the_metrics_table_names_every_metric_of_the_registry_and_no_other() -> None:
+    """docs/operations.md, "The metrics": a row for each metric a server exposes (its name as
+    scraped: counters end in `_total`), and none it does not."""
+
+    async def exposed() -> set[str]:
+        store = StoreCollector(lambda: Stats(0, 0, 0), asyncio.get_running_loop())  # read on the loop
+        families = [*Metrics().registry.collect(), *store.describe()]
+        return {m.name + ("_total" if m.type == "counter" else "") for m in families}
+
+    text = (ROOT / "docs" / "operations.md").read_text()
+    table = text.split("### The metrics", 1)[1].split("\n\n", 2)[1]
+    documented = set()
+    for row in table.splitlines()[2:]:
+        first, *more = re.findall(r"`([\w.]+)`", row.split("|")[1])
+        namespace = "_".join(first.split("_")[:2])  # `..._bytes_sent_total` after kvs_replication_...
+        documented |= {first} | {f"{namespace}_{name.removeprefix('..._')}" for name in more}
+    assert documented == asyncio.run(exposed())
