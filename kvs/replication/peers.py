@@ -39,6 +39,7 @@ class Peer:
     asked_at: float = 0.0
     asked_since: int = 0  # what the outstanding request asked for (see Digest.since)
     again: int | None = None  # ask again once answered, since this batch (0: the differing buckets)
+    reasked: int = 0  # times the request outstanding was asked again as the peer was heard again
     incoming: tuple[int, int] = (0, 0)  # the transfer id being received, and parts received
     sending: bool = False  # a transfer to it is in flight
     pending: Digest | None = None  # a request that came while sending
@@ -56,6 +57,7 @@ class Peer:
     def asking(self, request: int, now: float, since: int) -> None:
         """Request `request` now asks it for its batches `since` (0: the buckets that differ)."""
         self.asked, self.asked_at, self.asked_since, self.again = request, now, since, None
+        self.reasked = 0
 
     def reask(self) -> int:
         """After a reconnection (what was asked may be lost with it): the batch to ask again from."""

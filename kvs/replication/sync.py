@@ -21,6 +21,10 @@ over many schedules (tests/sim.py). The rules, at length in docs/replication.md:
 - A bucket that differs the same way in two periodic digests in a row is
   repaired, both ways, by the peer with the smaller id.
 - One transfer to a peer in flight at a time; a request meanwhile waits.
+- A peer's presence heard again, live (it reconnected, or a bridge to its site came back and
+  carried it across), opens the way to it again: a request to it still unanswered, which may
+  have gone nowhere, is asked again at once (up to REASKS times per request: a retained presence
+  may cross a bridge before the way to its server is open; docs/sites.md).
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ RETRY_ROUNDS: Final = 2
 """A request not answered completely in this many sync intervals is asked again."""
 FORGET_ROUNDS: Final = 3 * HEARTBEAT_ROUNDS
 """A peer heard from not once in this many sync intervals is forgotten."""
+REASKS: Final = 3
+"""A request is asked again at most this many times because its peer's presence came again (a stale
+copy crossing one bridge, then the real one crossing the next: a star's hub sees two; replays: no more)."""
 
 
 @dataclass
@@ -137,14 +144,15 @@ class Sync:
         if message.origin == self.node_id:  # only our presence comes back to us (MQTT no-local)
             fresh = not retained and message.body == Presence(up=True)  # the echo, not a retained copy
             return self.own_presence(now, ours) if fresh else []
-        return self._counted(self._message(message, now, ours))
+        return self._counted(self._message(message, now, ours, retained))
 
-    def _message(self, message: Message, now: float, ours: Digests) -> list[Action]:
+    def _message(self, message: Message, now: float, ours: Digests, retained: bool) -> list[Action]:
         origin, body = message.origin, message.body
         if isinstance(body, Presence) and not body.up:
             return self._left(message, now)
         if isinstance(body, Presence) and (known := self.peers.get(origin)) and known.epoch == message.epoch:
-            return self._present(origin, now, ours)  # retained: comes again on every subscription
+            # retained: comes again on every subscription; live: the way to the peer opened again
+            return self._present(origin, now, ours) if retained else self._heard_again(origin, now, ours)
         peer = self.peers.admit(message, now)
         if peer is None:
             return [Note(f"dropped a replayed message from {origin}", drop="replayed")]
@@ -167,6 +175,22 @@ class Sync:
             self._awaiting.add(origin)  # up, but its presence came after ours: wait for it too
             actions += self._ask(origin, now, ours)
         return actions
+
+    def _heard_again(self, origin: str, now: float, ours: Digests) -> list[Action]:
+        """A known peer's presence, live: a request to it still unanswered is asked again (REASKS at most)."""
+        peer = self.peers[origin]
+        if (
+            not peer.present
+            or not peer.asked
+            or peer.reasked >= REASKS
+            or not self._echoed
+            or not self.connected
+        ):
+            return self._present(origin, now, ours)
+        reasked = peer.reasked
+        actions = self._ask(origin, now, ours, since=peer.reask())
+        peer.reasked = reasked + 1
+        return [Note(f"peer {origin} heard again: asking it again"), *actions]
 
     def _left(self, message: Message, now: float) -> list[Action]:
         if not self.peers.left(message.origin, message.epoch):  # no longer waited for: not asked

@@ -52,7 +52,7 @@ def two_sites_cut_and_healed(seed: int, clean: bool = False, sync_class: type[Sy
     return sites
 
 
-@pytest.mark.parametrize("clean", [False])
+@pytest.mark.parametrize("clean", [False, True])
 @pytest.mark.parametrize("seed", SEEDS)
 def test_a_bridge_cut_under_writes_heals_with_every_write_everywhere(seed: int, clean: bool) -> None:
     check(two_sites_cut_and_healed(seed, clean), seed)
@@ -74,7 +74,7 @@ def star_with_the_hub_restarted(seed: int, clean: bool, sync_class: type[Sync] =
     return sites
 
 
-@pytest.mark.parametrize("clean", [False])
+@pytest.mark.parametrize("clean", [False, True])
 @pytest.mark.parametrize("seed", SEEDS)
 def test_a_hub_restarted_empty_under_writes_loses_nothing_and_catches_up(seed: int, clean: bool) -> None:
     check(star_with_the_hub_restarted(seed, clean), seed)
@@ -116,3 +116,18 @@ class IgnoresBridges(Sync):
 def test_the_simulation_catches_a_joiner_that_ignores_its_brokers_bridges() -> None:
     caught = any(joiner_on_a_site_restarted_cut_off(s, IgnoresBridges).cluster.violations for s in range(8))
     assert caught, "no schedule noticed the early SERVING"
+
+
+class DoesNotAskAgainWhenAPeerIsHeardAgain(Sync):
+    """Leaves a request that went into a void (the bridges were down) to the retry, two sync
+    intervals later, as kvs did before issue 16."""
+
+    def _heard_again(self, origin: str, now: float, ours: tuple[int, ...]) -> list[Action]:
+        return self._present(origin, now, ours)
+
+
+def test_the_simulation_catches_a_core_that_leaves_requests_lost_in_a_void_to_the_retry() -> None:
+    caught = any(
+        star_with_the_hub_restarted(s, True, DoesNotAskAgainWhenAPeerIsHeardAgain).late() for s in SEEDS
+    )
+    assert caught, "no schedule noticed the slow catch-up"

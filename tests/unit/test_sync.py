@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kvs.replication.actions import Action, Apply, Note, PeerCounts, Publish, SendState, Serve
 from kvs.replication.codec import Batch, Body, Digest, Message, Presence, Transfer
-from kvs.replication.sync import SETTLE, Sync
+from kvs.replication.sync import REASKS, SETTLE, Sync
 from kvs.storage.store import BUCKETS, Fragment
 
 ZERO = (0,) * BUCKETS
@@ -358,3 +358,28 @@ def test_a_bridge_up_before_the_joiner_subscribed_does_not_delay_it() -> None:
     sync.subscribed(0.0)
     sync.bridge("kvs-b-to-a", True, True, 0.0)
     assert kinds(sync.own_presence(0.0, ZERO)) == ["Publish", "Serve"]
+
+
+def test_a_request_asked_into_a_void_is_asked_again_when_the_peer_is_heard_again() -> None:
+    """A hub restarted empty, cleansession true on the bridges: s1 reconnected to it before the
+    bridges did and asked s2 (on another site) for what it missed, into a void. When s2's presence
+    crosses the healed bridge, s1 asks again at once, not two sync intervals later (issue 16: 12.9
+    to 14.6 s). A retained copy asks nothing; replays of the presence, at most REASKS requests."""
+    sync, s2 = Sync("s1", interval=5.0), Peer("s2")
+    joined(sync, s2)
+    answer(sync, s2, sync.peers["s2"].asked, 0.5)
+    sync.message(s2.says(Batch((), seq=1)), 10.0, ZERO)
+    sync.disconnected(11.0)  # the hub stops
+    sync.connected_to_broker(12.0)
+    sync.broker_uptime(0, 12.0)
+    sync.subscribed(12.0)
+    [(_, void)] = sent_requests(sync.own_presence(12.1, ZERO))  # no bridge yet: nobody gets it
+    presence = s2.says(Presence())
+    assert sent_requests(sync.message(presence, 12.5, ZERO, retained=True)) == []
+    [(route, again)] = sent_requests(sync.message(presence, 13.0, ZERO))  # crossed the healed bridge
+    assert (route, again.since) == ("s2", void.since) == ("s2", 2)
+    assert again.request > void.request
+    asked = [sent_requests(sync.message(presence, 13.1, ZERO)) for _ in range(REASKS + 2)]
+    assert sum(len(a) for a in asked) == REASKS - 1  # a replayed presence: bounded
+    answer(sync, s2, sync.peers["s2"].asked, 13.2)
+    assert sent_requests(sync.message(presence, 13.3, ZERO)) == []  # answered: nothing to ask
