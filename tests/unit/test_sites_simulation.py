@@ -13,6 +13,9 @@ from tests.sim import Faults
 from tests.sim_sites import Sites
 
 SEEDS = range(6)
+FAST = 3
+"""The first seeds of each schedule run in the fast loop; the others only in the full suite."""
+SCHEDULES = [pytest.param(seed, marks=[pytest.mark.slow] if seed >= FAST else []) for seed in SEEDS]
 
 
 def check(sites: Sites, seed: int) -> None:
@@ -53,7 +56,7 @@ def two_sites_cut_and_healed(seed: int, clean: bool = False, sync_class: type[Sy
 
 
 @pytest.mark.parametrize("clean", [False, True])
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SCHEDULES)
 def test_a_bridge_cut_under_writes_heals_with_every_write_everywhere(seed: int, clean: bool) -> None:
     check(two_sites_cut_and_healed(seed, clean), seed)
 
@@ -75,7 +78,7 @@ def star_with_the_hub_restarted(seed: int, clean: bool, sync_class: type[Sync] =
 
 
 @pytest.mark.parametrize("clean", [False, True])
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SCHEDULES)
 def test_a_hub_restarted_empty_under_writes_loses_nothing_and_catches_up(seed: int, clean: bool) -> None:
     check(star_with_the_hub_restarted(seed, clean), seed)
 
