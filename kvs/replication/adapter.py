@@ -44,6 +44,9 @@ DRAIN_POLL: Final = 0.005
 """Seconds between two looks at the broker's acknowledgements while a transfer waits."""
 POLL: Final = 0.05
 """Seconds between two polls of the core while it joins (it may serve as soon as the broker settled)."""
+APPLY_ROWS: Final = 100
+APPLY_SECONDS: Final = 0.001
+"""A slice of replication work: rows joined (or their worth), or seconds, whichever comes first."""
 DECODE_AT_ONCE: Final = 128 * 1024
 """Payloads up to this many bytes are decoded as they arrive (up to some 1,000 fragments, 5 ms); a
 larger one (a CHUNK batch of an older server, or up to MAX_PAYLOAD from another implementation) waits
@@ -94,7 +97,9 @@ class Replicator:
         self._batches = Outbox(core.next_batch_seq)
         self._work: deque[Action | _Decode] = deque()  # the core's actions, done in order by _work_forever
         self._decoding = 0  # large payloads waiting in self._work to be decoded
-        self._slices = Slices(store, clock.monotonic)  # one budget for all of them: see _work_forever
+        # One budget for all of them (see _work_forever); half a client call's: a replica that falls behind
+        # always has work, and a Get it answers waits for a slice in each of the turns it takes.
+        self._slices = Slices(store, clock.monotonic, APPLY_ROWS, APPLY_SECONDS)
         self._backlog = 0  # fragments in self._work
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []

@@ -18,7 +18,6 @@ from kvs.replication.codec import Codec, Digest, Message, Transfer
 from kvs.replication.sending import WRITE_WINDOW
 from kvs.replication.sync import Sync
 from kvs.replication.transport import Listener, Subscriptions
-from kvs.service.replicated import SLICE_ROWS
 from kvs.storage.store import BUCKETS, Fragment, Store
 from tests.clock import Clock
 from tests.sim import SimClock, SimLoop
@@ -232,8 +231,8 @@ def test_many_small_batches_are_applied_in_slices_that_let_other_calls_in() -> N
             seen.append(w.store.key_count())
         partial = {n for n in seen if 0 < n < count}
         assert seen[-1] == count
-        # A fragment of one version counts for 2 rows: about count * 2 / SLICE_ROWS slices.
-        assert len(partial) >= count * 2 // SLICE_ROWS - 1
+        # A fragment of one version counts for 2 rows: about count * 2 / adapter.APPLY_ROWS slices.
+        assert len(partial) >= count * 2 // adapter.APPLY_ROWS - 1
 
     run(scenario)
 
@@ -255,7 +254,7 @@ def test_a_transfer_is_read_and_encoded_in_slices_that_let_other_calls_in() -> N
             assert turns < 100_000, "the transfer did not end"
         keys = {f.key for m in received(w, sent) if isinstance(m.body, Transfer) for f in m.body.fragments}
         assert len(keys) == count
-        assert turns >= count * 2 // SLICE_ROWS - 1  # a fragment of one version: 2 rows
+        assert turns >= count * 2 // adapter.APPLY_ROWS - 1  # a fragment of one version: 2 rows
 
     run(scenario)
 
@@ -277,10 +276,11 @@ def test_a_large_payload_is_decoded_in_slices_that_let_other_calls_in() -> None:
             turns += 1
             decoding += not w.store.get(big[0].key).val  # not one key in yet: still decoding
             assert turns < 1_000_000, "the batch was not applied"
+        await w.settle()
         assert w.store.key_count() == count
         assert w.value("kvs_replication_batches_applied_total") == 1
         # A slice makes 400 fragments (2 make a row's worth of work), or joins 100 (2 rows each).
         assert decoding >= count // (2 * adapter.DECODE_STEP) - 1
-        assert turns >= decoding + count * 2 // SLICE_ROWS - 1
+        assert turns >= decoding + count * 2 // adapter.APPLY_ROWS - 1
 
     run(scenario)
