@@ -12,7 +12,8 @@
   docs or the comments and docstrings of kvs/ name can be imported;
 - no doc says a feature is "coming", "not built" or true only "as of this version":
   docs say what the code does now;
-- docs/operations.md's metrics table names exactly the metrics a server exposes.
+- docs/operations.md's metrics table names exactly the metrics a server exposes, and
+  README.md's table of docs points to every page of docs/.
 """
 
 from __future__ import annotations
@@ -277,3 +278,11 @@ def test_the_metrics_table_names_every_metric_of_the_registry_and_no_other() -> 
         namespace = "_".join(first.split("_")[:2])  # `..._bytes_sent_total` after kvs_replication_...
         documented |= {first} | {f"{namespace}_{name.removeprefix('..._')}" for name in more}
     assert documented == asyncio.run(exposed())
+
+
+def test_the_readme_points_to_every_doc() -> None:
+    """README.md's table of docs ("Where everything else is") has a row for each docs/*.md."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("## Where everything else is", 1)[1].split("\n\n", 2)[1]
+    linked = set(re.findall(r"^\| \[docs/([\w.-]+\.md)\]", table, re.MULTILINE))
+    assert linked == {path.name for path in (ROOT / "docs").glob("*.md")}
