@@ -21,7 +21,7 @@ from typing import Final, assert_never, cast
 from kvs.errors import CodecError
 from kvs.metrics import NO_METRICS, DropReason, ReplicationMetrics
 from kvs.replication.actions import Action, Apply, Note, PeerCounts, Publish, SendState, Serve
-from kvs.replication.codec import TRANSFER_CHUNK, Codec, Message, chunks, weight_of
+from kvs.replication.codec import TRANSFER_CHUNK, Codec, Message, weighed_chunks, weight_of
 from kvs.replication.droplog import DropLog
 from kvs.replication.sending import Outbox
 from kvs.replication.sync import Sync
@@ -88,6 +88,7 @@ class Replicator:
         self._codec = Codec(cluster, core.node_id, key, epoch=core.epoch, clock=clock.wall_ms)
         self._topics = Topics(cluster, core.node_id)
         self._presence = self._topics.route("presence")
+        self._batch_topic = self._topics.route("batch")
         self._loop = asyncio.get_running_loop()
         goodbye = (self._presence, self._codec.presence(up=False))
         self._session = session(f"kvs-{cluster}-{core.node_id}", goodbye, self._topics.subscriptions(), self)
@@ -155,15 +156,15 @@ class Replicator:
         self._flush_at = None
         self._last_flush = self._loop.time()
         fragments, self._outbox = self._outbox, []
-        for chunk in chunks(fragments):
-            session = self._session
-            seq, publish = self._batches.batch(chunk, session.writes_in_flight, session.connected)
+        session = self._session
+        for chunk, weight in weighed_chunks(fragments):
+            seq, publish = self._batches.batch(chunk, session.writes_in_flight, session.connected, weight)
             if not publish:
                 self._metrics.batch_skipped()
                 self._drops.drop("write window full", f"batch {seq} not published: the peers will ask for it")
                 continue
             payload = self._codec.batch(chunk, seq)
-            session.publish(self._topics.route("batch"), payload, write=True)
+            session.publish(self._batch_topic, payload, write=True)
             self._metrics.batch_sent(len(payload))
 
     def _run(self, actions: Sequence[Action]) -> None:

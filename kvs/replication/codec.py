@@ -323,13 +323,16 @@ def _fragments(messages: Iterable[pb.Fragment]) -> tuple[Fragment, ...]:
         count = len(versions)
         if count != len(values):
             raise CodecError(f"fragment of {quoted(key)} has {count} versions for {len(values)} values")
-        if count == 1:  # a put, or a key with one version: most fragments, so the quick way
-            pairs: tuple[tuple[int, str], ...] = ((versions[0], values[0]),)
-        else:
-            pairs = tuple(zip(versions, values, strict=False))  # lengths checked above
         # Exactly what a store can hold: floors up to MAX_VERSION (a Del of the last version),
         # versions up to LAST_VERSION.
-        if not 0 <= floor <= MAX_VERSION or any(not 0 < ver <= LAST_VERSION for ver, _ in pairs):
+        if count == 1:  # a put, or a key with one version: most fragments, so the quick way
+            ver = versions[0]
+            pairs: tuple[tuple[int, str], ...] = ((ver, values[0]),)
+            bad = not 0 < ver <= LAST_VERSION
+        else:
+            pairs = tuple(zip(versions, values, strict=False))  # lengths checked above
+            bad = any(not 0 < ver <= LAST_VERSION for ver, _ in pairs)
+        if bad or not 0 <= floor <= MAX_VERSION:
             raise CodecError(f"fragment of {quoted(key)} has a version out of range")
         fragments.append(Fragment(key, floor, pairs))
     return tuple(fragments)
@@ -347,8 +350,14 @@ def fields(fragment: Fragment) -> dict[str, Any]:
 
 def _fill(repeated: Any, chunk: Sequence[Fragment]) -> None:
     """Adds the fragments to a repeated Fragment field (in place: extend() would copy them)."""
+    add = repeated.add
     for fragment in chunk:
-        repeated.add(**fields(fragment))
+        versions = fragment.versions
+        if len(versions) == 1:  # a put: most fragments, so the quick way
+            ((ver, val),) = versions
+            add(key=fragment.key, floor=fragment.floor, versions=(ver,), values=(val,))
+        else:
+            add(**fields(fragment))
 
 
 def chunks(fragments: Iterable[Fragment]) -> Iterator[list[Fragment]]:
@@ -357,23 +366,39 @@ def chunks(fragments: Iterable[Fragment]) -> Iterator[list[Fragment]]:
     Characters, not bytes: counting is cheap, and UTF-8 takes at most 4 bytes
     a character, so a payload stays well under MAX_PAYLOAD.
     """
+    for chunk, _ in weighed_chunks(fragments):
+        yield chunk
+
+
+def weighed_chunks(fragments: Iterable[Fragment]) -> Iterator[tuple[list[Fragment], int]]:
+    """`chunks`, each with its weight (the sum of its fragments' `weight_of`)."""
     chunk: list[Fragment] = []
     size = 0
     for fragment in fragments:
         weight = weight_of(fragment)
-        for piece in (fragment,) if weight < CHUNK else _pieces(fragment):
-            chunk.append(piece)
-            size += weight if piece is fragment else weight_of(piece)
+        if weight < CHUNK:
+            chunk.append(fragment)
+            size += weight
             if size >= CHUNK:
-                yield chunk
+                yield chunk, size
+                chunk, size = [], 0
+            continue
+        for piece in _pieces(fragment):
+            chunk.append(piece)
+            size += weight_of(piece)
+            if size >= CHUNK:
+                yield chunk, size
                 chunk, size = [], 0
     if chunk:
-        yield chunk
+        yield chunk, size
 
 
 def weight_of(fragment: Fragment) -> int:
     """About the characters `fragment` takes in a payload."""
-    return len(fragment.key) + 12 + sum(len(val) + 12 for _, val in fragment.versions)
+    versions = fragment.versions
+    if len(versions) == 1:  # a put: most fragments
+        return len(fragment.key) + len(versions[0][1]) + 24
+    return len(fragment.key) + 12 + sum(len(val) + 12 for _, val in versions)
 
 
 def _pieces(fragment: Fragment) -> Iterator[Fragment]:

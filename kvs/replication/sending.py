@@ -49,8 +49,10 @@ class Kept:
         self._batches: deque[tuple[int, tuple[_Plain, ...], int]] = deque()  # (seq, fragments, weight)
         self._weight = 0
 
-    def add(self, seq: int, fragments: list[Fragment]) -> None:
-        weight = sum(weight_of(fragment) for fragment in fragments)
+    def add(self, seq: int, fragments: list[Fragment], weight: int | None = None) -> None:
+        """Keeps batch `seq`; `weight`, if known, is the sum of its fragments' `weight_of`."""
+        if weight is None:
+            weight = sum(weight_of(fragment) for fragment in fragments)
         plain = tuple((f.key, f.floor, f.versions) for f in fragments)
         self._batches.append((seq, plain, weight))
         self._weight += weight
@@ -87,11 +89,13 @@ class Outbox:
         self._next_seq = next_seq
         self._kept = kept or Kept()
 
-    def batch(self, fragments: list[Fragment], in_flight: int, connected: bool) -> tuple[int, bool]:
-        """Numbers and keeps a batch, given the writes the broker has not acknowledged and whether it
-        is connected; returns its number and whether to publish it."""
+    def batch(
+        self, fragments: list[Fragment], in_flight: int, connected: bool, weight: int | None = None
+    ) -> tuple[int, bool]:
+        """Numbers and keeps a batch (of `weight`, if known), given the writes the broker has not
+        acknowledged and whether it is connected; returns its number and whether to publish it."""
         seq = self._next_seq()
-        self._kept.add(seq, fragments)
+        self._kept.add(seq, fragments, weight)
         return seq, in_flight < (WRITE_WINDOW if connected else AWAY_WINDOW)
 
     def state(self, send: SendState, store: Store) -> tuple[Iterable[list[Fragment]], bool]:

@@ -55,7 +55,8 @@ def _unary(
 
     @functools.wraps(handler)
     async def wrapper(self: KeyValueStore, request: Request, context: Context) -> Reply:
-        await self.ready.wait()
+        if not self.ready.is_set():  # once set it stays set: no coroutine per call after that
+            await self.ready.wait()
         try:
             return await handler(self, _decoded(request), context)
         except Exception as error:  # every error becomes a status (the table's fallback: INTERNAL)

@@ -73,6 +73,11 @@ class Commits(Protocol):
 
     async def durable(self) -> None: ...
 
+    @property
+    def settled(self) -> bool:
+        """Every write so far is durable and none failed: `durable()` would return at once."""
+        ...
+
     def ahead(self, items: AsyncIterator[R], size: Callable[[R], int]) -> AsyncIterator[list[R]]: ...
 
 
@@ -152,7 +157,7 @@ class ReplicatedStore:
         written, fragment = self.store.put(key, val)
         self._publish((fragment,))
         # The hot path of Put and PutAll: no coroutine is made unless it is needed.
-        if wait and self._commits is not None:
+        if wait and self._commits is not None and not self._commits.settled:
             await self._commits.durable()
         if self._pacer.due():
             await self._pacer.pause()

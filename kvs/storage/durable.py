@@ -108,6 +108,11 @@ class GroupCommit:
         finally:
             ahead.reader.cancel()
 
+    @property
+    def settled(self) -> bool:
+        """No commit is pending and none failed (always, in memory): `durable()` would return at once."""
+        return self._pending is None and not self._failed
+
     async def durable(self) -> None:
         """Returns once every change made so far is committed (at once in memory)."""
         if self._failed:

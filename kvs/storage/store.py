@@ -202,6 +202,11 @@ SELECT key, ver, val FROM versions WHERE (key, ver) > (?1, ?2)
 ORDER BY 1, 2
 """
 _INSERT = "INSERT INTO versions (key, ver, val) VALUES (?, ?, ?)"
+# A key's newest version, its value and its floor (NULL: none); no row when the key has no version.
+_NEWEST_AND_FLOOR = (
+    "SELECT ver, val, (SELECT floor FROM floors WHERE key = ?1) FROM versions WHERE key = ?1"
+    " ORDER BY ver DESC LIMIT 1"
+)
 # Adds a version unless it is below the key's floor or the version is taken.
 _ADD = """
 INSERT INTO versions (key, ver, val)
@@ -451,17 +456,23 @@ class Store:
 
     def put(self, key: str, val: str) -> tuple[Written, Fragment]:
         """Store `val` under a new version: max(now, newest + 1, floor)."""
-        newest = self._newest(key)
-        ver = max(self._clock(), newest.ver + 1 if newest else 0, self._floor(key))
+        # The hot path of every Put: one query for the newest version and the floor (a key with no
+        # versions left needs a second one for its floor).
+        row = self._db.execute(_NEWEST_AND_FLOOR, (key,)).fetchone()
+        old_ver, old_val, floor = row if row is not None else (0, "", self._floor(key))
+        ver = max(self._clock(), old_ver + 1, floor or 0)
         if ver > LAST_VERSION:
             raise VersionExhausted(f"key {quoted(key)} has no version left above {LAST_VERSION}")
+        if self.path is None and not self.keep_versions:  # in memory, one statement commits itself
+            self._db.execute(_INSERT, (key, ver, val))
+            self._toggle(b"v", key, ver, val, 1)
+            return Written(key, old_val, old_ver, ver), Fragment(key, 0, ((ver, val),))
         with self._transaction() if self.path is not None else nullcontext():
-            # On disk, with the digest in the same commit; in memory one statement commits itself.
+            # On disk, with the digest in the same commit.
             self._db.execute(_INSERT, (key, ver, val))
             self._toggle(b"v", key, ver, val, 1)
             floor = self._keep_floor(key) if self.keep_versions else 0
-        old = newest or Entry(key, "", 0)
-        return Written(key, old.val, old.ver, ver), Fragment(key, floor, ((ver, val),))
+        return Written(key, old_val, old_ver, ver), Fragment(key, floor, ((ver, val),))
 
     def delete(self, key: str) -> tuple[Entry, Fragment | None]:
         """Remove every version: the floor rises above both now and the newest version."""

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvs.errors import DataDirError, NotDurable
+from kvs.service.replicated import ReplicatedStore
 from kvs.storage.datadir import STORE_FILE, open_data_dir
 from kvs.storage.durable import AHEAD_BYTES, AHEAD_ITEMS, GroupCommit
 from kvs.storage.store import Fragment, Store
@@ -106,6 +107,35 @@ def test_the_writes_of_one_turn_share_one_commit_and_reply_after_it(tmp_path: Pa
         await commits.durable()
         assert "from-a-peer" in seen_by_a_reader(path)
         assert commits.commits == 2
+
+    asyncio.run(run())
+
+
+def test_a_put_skips_waiting_only_when_nothing_is_pending(tmp_path: Path) -> None:
+    """`settled` lets a Put skip awaiting `durable()` (a coroutine a call, in memory): on disk a Put
+    still returns only once committed, and after a failed commit no write skips the wait."""
+
+    async def run() -> None:
+        memory = GroupCommit(Store(Clock()))
+        await ReplicatedStore(memory._store, lambda fragments: None, memory).put("k", "v")
+        assert memory.settled
+
+        path = tmp_path / "s.sqlite"
+        store = Store(Clock(), path)
+        commits = GroupCommit(store)
+        replicated = ReplicatedStore(store, lambda fragments: None, commits)
+        assert commits.settled
+        store.put("before", "v")  # a write of this turn, not yet committed
+        assert not commits.settled
+        await replicated.put("k", "v")
+        assert {"before", "k"} <= seen_by_a_reader(path)  # the Put returned after the COMMIT
+        assert commits.settled
+
+        store.put("doomed", "v")
+        store._db.close()  # the COMMIT will raise
+        with pytest.raises(NotDurable):
+            await commits.durable()
+        assert not commits.settled  # so every later write still awaits durable(), which raises
 
     asyncio.run(run())
 

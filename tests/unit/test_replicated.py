@@ -37,6 +37,10 @@ class Recorder:
     def publish(self, batch: Sequence[Fragment]) -> None:
         self.events.append(list(batch))
 
+    @property
+    def settled(self) -> bool:
+        return False  # so that every write awaits durable(), which is recorded
+
     async def durable(self) -> None:
         self.events.append("durable")
 
