@@ -77,7 +77,8 @@ def _streaming(
 
     @functools.wraps(handler)
     async def wrapper(self: KeyValueStore, request: Request, context: Context) -> AsyncIterator[Reply]:
-        await self.ready.wait()
+        if not self.ready.is_set():
+            await self.ready.wait()
         try:
             async for reply in handler(self, _decoded(request), context):
                 yield reply
@@ -252,7 +253,8 @@ class KeyValueStore(pb_grpc.KeyValueStoreServicer):
             except KvsError as error:
                 refused = error
                 break
-        await self._store.durable()
+        if not self._store.settled:  # in memory it always is: no coroutine per request
+            await self._store.durable()
         return done, refused
 
     @_unary

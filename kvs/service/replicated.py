@@ -223,6 +223,11 @@ class ReplicatedStore:
             await _pause()
         return dropped
 
+    @property
+    def settled(self) -> bool:
+        """Every write so far is durable (always, in memory): `durable()` would return at once."""
+        return self._commits is None or self._commits.settled
+
     async def durable(self) -> None:
         """Returns once every write so far is durable (kvs.storage.durable; at once in memory)."""
         await self._durable()
