@@ -152,7 +152,8 @@ class Bench:
         self.figures: dict[str, Figure] = {}
         self.processes: list[Process] = []
         self.ports: list[Reservation] = []
-        self.cpu_per_call = 0.0  # seconds, of the last `load` given a server
+        self.cpu_per_call = 0.0  # seconds, of the last `load` given a server or pids
+        self.echo_pids: dict[str, int] = {}
 
     # Processes ---------------------------------------------------------------
 
@@ -208,12 +209,12 @@ class Bench:
 
     def _echo(self, style: str) -> str:
         port = self._port()
-        self._keep(
-            Process(
-                f"echo-{style}", [PYTHON, "scripts/bench_echo.py", style, str(port)], self.work, ENV, cwd=ROOT
-            )
+        echo = Process(
+            f"echo-{style}", [PYTHON, "scripts/bench_echo.py", style, str(port)], self.work, ENV, cwd=ROOT
         )
+        self._keep(echo)
         wait_for(f"echo-{style}", lambda: port_open(port))
+        self.echo_pids[style] = echo.pid
         return f"127.0.0.1:{port}"
 
     def stop(self) -> None:
@@ -227,13 +228,22 @@ class Bench:
     def record(self, name: str, unit: str, value: float) -> None:
         self.figures.setdefault(name, Figure(name, unit)).values.append(value)
 
-    def load(self, address: str, mode: str, concurrency: int, server: LocalServer | None = None) -> float:
+    def load(
+        self,
+        address: str,
+        mode: str,
+        concurrency: int,
+        server: LocalServer | None = None,
+        pids: Sequence[int] = (),
+    ) -> float:
         """Calls (or streamed messages) per second from client processes, 8 calls in flight each at most.
 
-        With `server`, also records the CPU time that server spent per call (over every call
-        made, warm-up included), which the other processes on the machine disturb far less.
+        With `server` (or `pids`), also records the CPU time that server (those processes together)
+        spent per call (over every call made, warm-up included), which the other processes on the
+        machine disturb far less.
         """
-        cpu = _cpu_seconds(server.pid) if server else 0.0
+        measured = [*([server.pid] if server else []), *pids]
+        cpu = sum(_cpu_seconds(pid) for pid in measured)
         processes = max(1, concurrency // 8)
         runs = [
             subprocess.Popen(
@@ -254,8 +264,9 @@ class Bench:
             for n in range(processes)
         ]
         outputs = [json.loads(run.communicate(timeout=120)[0]) for run in runs]
-        if server:
-            self.cpu_per_call = (_cpu_seconds(server.pid) - cpu) / sum(int(out["total"]) for out in outputs)
+        if measured:
+            used = sum(_cpu_seconds(pid) for pid in measured) - cpu
+            self.cpu_per_call = used / sum(int(out["total"]) for out in outputs)
         return sum(int(out["count"]) for out in outputs) / self.seconds
 
     def throughput(self) -> None:
@@ -274,9 +285,21 @@ class Bench:
                         chosen |= styles  # the server styles, compared where they differ most
                     for target, address in alternate(r, list(chosen.items())):
                         unit = "msgs/s" if mode.endswith("all") else "calls/s"
+                        # The CPU per write of kvs (the server and its peer) and of the echo: a
+                        # ratio that a busy machine moves far less than the rates'.
+                        pids = self._cpu_pids(target) if concurrency == 16 and mode.startswith("put") else ()
                         self.record(
-                            f"{mode}_c{concurrency}.{target}", unit, self.load(address, mode, concurrency)
+                            f"{mode}_c{concurrency}.{target}",
+                            unit,
+                            self.load(address, mode, concurrency, pids=pids),
                         )
+                        if pids:
+                            self.record(f"cpu_{mode}_c16.{target}", "us", self.cpu_per_call * 1e6)
+
+    def _cpu_pids(self, target: str) -> tuple[int, ...]:
+        if target == "kvs":
+            return (self.pair[0].pid, self.pair[1].pid)
+        return (self.echo_pids["uvloop"],) if target == "echo_uvloop" else ()
 
     def metrics(self) -> None:
         """Put with metrics on and off, alternating which goes first in each round.
@@ -693,6 +716,16 @@ COMPARISONS = [
             ("getall", ">= 0.7", lambda r: r >= 0.7),
         )
         for c in (1, 16)
+    ),
+    *(
+        Comparison(
+            f"CPU/{mode} C=16 vs echo",
+            f"cpu_{mode}_c16.kvs",
+            f"cpu_{mode}_c16.echo_uvloop",
+            "",
+            lambda r: True,
+        )
+        for mode in ("put", "putall")
     ),
     *(
         Comparison(
