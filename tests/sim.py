@@ -134,8 +134,10 @@ class Reports(ReplicationMetrics):
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
         self.applied = self.sent = self.skipped = 0
+        self.joins: list[float] = []  # seconds from each start to SERVING (simulated)
 
     def caught_up(self, seconds: float) -> None:
+        self.joins.append(self.replica.cluster.now - self.replica.started_at)
         self.replica.cluster.check_serving(self.replica)
 
     def batch_applied(self, nbytes: int) -> None:
@@ -349,6 +351,7 @@ class Broker:
         self.clients: dict[str, SimSession] = {}  # by client (replica) name, in connection order
         self.retained: dict[str, bytes] = {}
         self.bridges: list[Bridge] = []
+        self.taps: list[Callable[[str, bytes], None]] = []  # see every publish (tests/sim_replay.py)
 
     def connect(self, session: SimSession) -> None:
         replica = session.replica
@@ -414,6 +417,8 @@ class Broker:
     ) -> None:
         if not force and self.clients.get(sender.name) is not sender:
             return
+        for tap in self.taps:
+            tap(topic, payload)
         self.carry(sender, topic, payload, retain)
 
     def carry(self, sender: object, topic: str, payload: bytes, retain: bool) -> None:

@@ -24,7 +24,7 @@ from kvs.replication.actions import Action, Apply, Note, PeerCounts, Publish, Se
 from kvs.replication.codec import TRANSFER_CHUNK, Codec, Message, weighed_chunks, weight_of
 from kvs.replication.droplog import DropLog
 from kvs.replication.sending import Outbox
-from kvs.replication.sync import Sync
+from kvs.replication.sync import PRESENCE_EVERY, Sync
 from kvs.replication.topics import UPTIME, Topics, bridge_state, recipient, uptime
 from kvs.replication.transport import SYSTEM_CLOCK, Clock, Opener
 from kvs.service.replicated import Slices
@@ -296,9 +296,11 @@ class Replicator:
         while True:
             # Poll often while joining; tick every interval, with jitter against lockstep.
             now = self._clock.monotonic()
-            await asyncio.sleep(POLL if not self._sync.serving else max(0.0, next_tick - now))
+            # Serving: a poll every sixth of an interval, for the presence said every third.
+            idle = min(max(0.0, next_tick - now), interval * PRESENCE_EVERY / 2)
+            await asyncio.sleep(POLL if not self._sync.serving else idle)
             now = self._clock.monotonic()
-            self._run(self._sync.poll(now))
+            self._run(self._sync.poll(now, busy=self._backlog > 0))
             if now >= next_tick:
                 next_tick = now + interval * self._jitter()
                 self._run(self._sync.tick(now, self._store.digest()))
@@ -319,7 +321,7 @@ class Replicator:
     def on_subscribed(self) -> None:
         self._metrics.broker(str(self._session.broker), True)
         # The retained presences follow the SUBACK: all arrive before our own comes back.
-        self._run(self._sync.subscribed(self._clock.monotonic()))
+        self._run(self._sync.subscribed(self._clock.monotonic(), self._clock.wall_ms()))
 
     def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         now = self._clock.monotonic()
@@ -365,7 +367,7 @@ class Replicator:
         except CodecError as error:
             self._undecoded(topic, error, now)
             return
-        self._run(self._sync.message(message, now, self._store.digest(), retained))
+        self._run(self._sync.message(message, now, self._store.digest(), retained, self._clock.wall_ms()))
 
     def _undecoded(self, topic: str, error: CodecError, now: float) -> None:
         self._metrics.dropped(cast(DropReason, error.reason))

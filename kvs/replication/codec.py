@@ -5,8 +5,9 @@ the cluster key, then a protobuf `Envelope`. `Codec.decode` checks the tag
 before it parses anything, so a payload from anyone without the key costs one
 HMAC and is dropped; it raises `CodecError` on anything that is not a
 well-formed message of this cluster, so the MQTT side can log and drop it.
-Replays (a tagged message seen before) are the sync core's to drop: it keeps
-the (epoch, counter) high-water mark per peer (kvs/replication/sync.py).
+Replays (a tagged message seen before, or too old) are the sync core's to drop: it
+judges `sent_ms`, the sender's clock, against its own, and keeps an (epoch, counter)
+window per peer (kvs/replication/sync.py).
 
 Every payload it produces stays under `MAX_PAYLOAD`: long lists of fragments
 are split into several messages, and a key with a very long history into

@@ -4,15 +4,17 @@ A peer is known by its id; each run of it by its epoch (its start time in ms).
 Within an epoch every message carries a larger counter; `Peers.admit` takes a
 message only if its (epoch, counter) is new: a counter above the highest seen,
 or within WINDOW below it and not seen yet (QoS 1 may redeliver, and messages
-on different topics may overtake each other). A peer that leaves is kept until
-it has been silent for a while, so a server cut off from the broker comes back
-with the same epoch; the epochs of peers that left are remembered (DEPARTED of
-them) so that an earlier run's messages are not taken for new ones.
+on different topics may overtake each other). Another run's message starts a
+new record, unless that run is one seen before (RUNS of them are kept), or is
+older than the run we know while that one is still heard from (a restart with
+the clock set back is taken once the earlier run fell silent). Messages too old
+to be checked here (a record is forgotten, a receiver restarts) are the sync
+core's to drop by their age (kvs/replication/sync.py): this module needs no
+memory beyond a record's life.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
@@ -21,8 +23,8 @@ from kvs.storage.store import BUCKETS
 
 WINDOW: Final = 1024
 """Counters below a peer's highest by less than this are checked one by one for replays."""
-DEPARTED: Final = 1024
-"""Epochs of peers that left, remembered so that their old messages are not taken for new ones."""
+RUNS: Final = 8
+"""Earlier epochs of a peer remembered in its record, so that their messages are not taken for a new run."""
 
 Digests = tuple[int, ...]
 
@@ -33,6 +35,7 @@ class Peer:
     high: int = 0  # the highest counter seen in this epoch
     seen: int = 0  # bit i: counter high - 1 - i was seen
     heard: float = 0.0  # when the last message came
+    said: float = 0.0  # when the last message of this run was taken (not moved by our reconnections)
     present: bool = False
     next_batch: int = 0  # the batch seq expected next (0: unknown yet)
     asked: int = 0  # our request it has not fully answered yet (0: none)
@@ -44,6 +47,22 @@ class Peer:
     sending: bool = False  # a transfer to it is in flight
     pending: Digest | None = None  # a request that came while sending
     digests: tuple[Digests, Digests] | None = None  # its last periodic digest, and ours then
+    runs: tuple[int, ...] = ()  # its earlier epochs seen, the last RUNS of them
+
+    def rerun(self, epoch: int, first: int) -> Peer:
+        """The record of its new run `epoch`: what we asked of it and send to it carries over (a joiner's
+        request went to every server, so the new run may answer it), what it told us does not."""
+        return Peer(
+            epoch,
+            heard=self.heard,
+            present=self.present,
+            next_batch=first,
+            asked=self.asked,
+            asked_at=self.asked_at,
+            sending=self.sending,
+            pending=self.pending,
+            runs=(*self.runs, self.epoch)[-RUNS:],
+        )
 
     def batches_up_to(self, seq: int, received: bool) -> int:
         """Batch `seq` arrived (or, not `received`, a digest says it was the last sent); when a
@@ -108,23 +127,28 @@ class Peers(dict[str, Peer]):
     def __init__(self, epoch: int = 0) -> None:
         super().__init__()
         self.epoch = epoch  # our own run's: a peer's run that began later, we have seen from its start
-        self._departed: OrderedDict[str, int] = OrderedDict()
 
     def present(self) -> list[str]:
         return sorted(name for name, peer in self.items() if peer.present)
 
-    def admit(self, message: Message, now: float) -> Peer | None:
-        """The sender's record, unless the message is a replay (then None)."""
+    def admit(
+        self, message: Message, now: float, heard: float, quiet: float, live: bool = True
+    ) -> Peer | None:
+        """The sender's record, unless the message is a replay (then None). `heard`: when the message
+        shows its sender was last alive (not later than `now`); `quiet`: seconds without a word after
+        which a run is taken for ended (another run of the same id, even an older epoch, may follow);
+        `live`: not a retained copy (only a live message says the way to the peer is open)."""
         peer = self.get(message.origin)
-        if peer is None or message.epoch > peer.epoch:
-            if message.epoch < self._departed.get(message.origin, 0):
-                return None  # an earlier run of a server that left
-            present = peer is not None and peer.present  # a restart: still present
-            # A run that began after ours: its batches are numbered from 1, so a lost first one shows.
-            first = 1 if self.epoch and message.epoch > self.epoch else 0
-            peer = self[message.origin] = Peer(message.epoch, present=present, next_batch=first)
-        elif message.epoch < peer.epoch:
-            return None
+        # A run that began after ours: its batches are numbered from 1, so a lost first one shows.
+        first = 1 if self.epoch and message.epoch > self.epoch else 0
+        if peer is None:
+            peer = self[message.origin] = Peer(message.epoch, heard=heard, next_batch=first)
+        elif message.epoch != peer.epoch:
+            if message.epoch in peer.runs:
+                return None  # a run that ended
+            if message.epoch < peer.epoch and now - peer.heard <= quiet:
+                return None  # an earlier run, while the later one speaks
+            peer = self[message.origin] = peer.rerun(message.epoch, first)
         counter = message.counter
         if counter > peer.high:
             shift = counter - peer.high
@@ -136,18 +160,19 @@ class Peers(dict[str, Peer]):
             if bit >= WINDOW or counter == peer.high or peer.seen >> bit & 1:
                 return None
             peer.seen |= 1 << bit
-        peer.heard = now
+        peer.heard = max(peer.heard, heard)
+        if live:
+            peer.said = now
         return peer
 
     def left(self, name: str, epoch: int) -> bool:
-        """Marks the peer gone; False if that says nothing new (unknown, an earlier run, gone already)."""
+        """Marks the peer's run `epoch` gone; False if that says nothing new (unknown, another run, gone
+        already). What we asked of it stays asked: a "down" can be a replay (a will is signed once per
+        run), so only the peer's silence ends a wait for it (kvs/replication/sync.py)."""
         peer = self.get(name)
-        if peer is None or epoch < peer.epoch or not peer.present:
+        if peer is None or epoch != peer.epoch or not peer.present:
             return False
-        peer.present, peer.asked, peer.digests = False, 0, None
-        self._departed[name] = epoch
-        while len(self._departed) > DEPARTED:
-            self._departed.popitem(last=False)
+        peer.present, peer.digests = False, None
         return True
 
     def forget_silent(self, now: float, silence: float) -> list[str]:

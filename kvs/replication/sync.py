@@ -11,6 +11,12 @@ over many schedules (tests/sim.py). The rules, at length in docs/replication.md:
 
 - Only members count: the codec checked each message's tag, and kvs.replication.peers
   drops replays and forgets peers that left and went silent.
+- Replays are harmless at any time, with no memory of the past: a message is taken only if
+  its sender's clock (`sent_ms`, inside the tag) says it is at most `max_age` old and was
+  sent after this server first subscribed (SKEW allowed between two clocks); a retained
+  presence, of any age, only makes a joiner wait for that peer until it has been silent a
+  sync interval. A live server publishes its presence every third of an interval, and only
+  the echo of this run's latest presence counts as our own.
 - A joiner serves once every present peer has answered its request
   completely, and the broker has been up SETTLE seconds (after a restart, the
   peers need that long to publish their presences again); with bridges to other
@@ -21,7 +27,8 @@ over many schedules (tests/sim.py). The rules, at length in docs/replication.md:
 - A bucket that differs the same way in two periodic digests in a row is
   repaired, both ways, by the peer with the smaller id.
 - One transfer to a peer in flight at a time; a request meanwhile waits.
-- A peer's presence heard again, live (it reconnected, or a bridge to its site came back and
+- A peer's presence heard again, live, after half an interval without a word from it (it
+  reconnected, or a bridge to its site came back and
   carried it across), opens the way to it again: a request to it still unanswered, which may
   have gone nowhere, is asked again at once (up to REASKS times per request: a retained presence
   may cross a bridge before the way to its server is open; docs/sites.md).
@@ -36,7 +43,7 @@ from typing import Final
 
 from kvs.replication.actions import Action, Apply, Note, PeerCounts, Publish, SendKind, SendState, Serve
 from kvs.replication.codec import Batch, Digest, Message, Presence, Transfer
-from kvs.replication.peers import Digests, Peers, differing
+from kvs.replication.peers import Digests, Peer, Peers, differing
 
 SETTLE: Final = 3.0
 """Seconds a broker must have been up before its retained presences are trusted to be complete;
@@ -50,6 +57,14 @@ FORGET_ROUNDS: Final = 3 * HEARTBEAT_ROUNDS
 REASKS: Final = 3
 """A request is asked again at most this many times because its peer's presence came again (a stale
 copy crossing one bridge, then the real one crossing the next: a star's hub sees two; replays: no more)."""
+SKEW: Final = 1.0
+"""Seconds two servers' clocks may differ by, at most (docs/security.md, "Clocks")."""
+AGE_ROUNDS: Final = HEARTBEAT_ROUNDS
+"""A message older than this many sync intervals by its sender's clock is dropped: what it said, a
+newer one has said again (a lost batch is asked for, a request asked again)."""
+PRESENCE_EVERY: Final = 1 / 3
+"""A live server publishes its presence again every this fraction of a sync interval, so that a peer
+silent for a whole interval is taken for gone."""
 
 
 @dataclass
@@ -70,6 +85,10 @@ class Sync:
     last_repair: float | None = None
     _echoed: bool = False  # our presence came back since the last connection
     _presence_at: float = 0.0
+    _presence_ms: int = 0  # our clock when we last (re)subscribed: an echo of ours is not older
+    _subscribed_ms: int | None = None  # our clock when we first subscribed: nothing sent before counts
+    _restored_at: float = -1.0  # when we last said our presence again over someone else's
+    _deaf_at: float = 0.0  # the last time we were not reading what came (busy, or disconnected)
     _awaiting: set[str] | None = None  # while joining: peers whose answer we wait for
     _broker_since: float | None = None  # when the broker started, as far as we know
     _bridges: dict[str, bool] = field(default_factory=dict)  # the broker's bridges: up or down
@@ -87,15 +106,22 @@ class Sync:
         self.batch_seq += 1
         return self.batch_seq
 
+    @property
+    def max_age(self) -> float:
+        """Seconds after which a message is too old to be taken (by its sender's clock)."""
+        return AGE_ROUNDS * self.interval
+
     def connected_to_broker(self, now: float) -> list[Action]:
         self.connected, self._echoed = True, False
         for peer in self.peers.values():
             peer.heard = max(peer.heard, now)  # nobody could reach us meanwhile: silence starts now
         self._broker_since = now  # until the broker says how old it is (a restarted one lost everything)
+        self._deaf_at = now
         return []
 
     def disconnected(self, now: float) -> list[Action]:
         self.connected = False
+        self._deaf_at = now
         return []
 
     def broker_uptime(self, seconds: float, now: float) -> list[Action]:
@@ -115,13 +141,23 @@ class Sync:
             return []
         return [Note(f"the broker's bridge {name} is {'up' if up else 'down'}")]
 
-    def subscribed(self, now: float) -> list[Action]:
+    def subscribed(self, now: float, now_ms: int | None = None) -> list[Action]:
+        """Subscribed (`now_ms`: the wall clock; None in the unit tests: `epoch` plus `now`)."""
+        self._presence_ms = self._wall(now, now_ms)
+        if self._subscribed_ms is None:
+            self._subscribed_ms = self._presence_ms
+        return self._say_present(now)
+
+    def _say_present(self, now: float) -> list[Action]:
         self._presence_at = now
         return [Publish("presence", Presence(), retain=True)]
 
     def presence_overwritten(self, now: float) -> list[Action]:
-        """Something not ours replaced our retained presence: say it again (at most once a second)."""
-        return self.subscribed(now) if self.connected and now - self._presence_at >= 1.0 else []
+        """Something else than our latest presence replaced it: say it again (at most once a second)."""
+        if not self.connected or now - self._restored_at < 1.0:
+            return []
+        self._restored_at = now
+        return self._say_present(now)
 
     def own_presence(self, now: float, ours: Digests) -> list[Action]:
         """Our presence came back: every retained presence arrived before it, so we know who is up."""
@@ -138,23 +174,57 @@ class Sync:
         note = Note(f"joining: waiting for the state of {present}" if present else "joining")
         return [note, Publish("digest", Digest(ours, request, self.batch_seq)), *self._check_serving(now)]
 
-    def message(self, message: Message, now: float, ours: Digests, retained: bool = False) -> list[Action]:
+    def message(
+        self, message: Message, now: float, ours: Digests, retained: bool = False, now_ms: int | None = None
+    ) -> list[Action]:
         """A message, already authenticated by the codec and checked against its topic
-        (kvs.replication.topics); `retained`: the broker's retained copy, sent on subscribing."""
+        (kvs.replication.topics); `retained`: the broker's retained copy, sent on subscribing;
+        `now_ms`: the wall clock (None in the unit tests: `epoch` plus `now`)."""
+        wall = self._wall(now, now_ms)
         if message.origin == self.node_id:  # only our presence comes back to us (MQTT no-local)
-            fresh = not retained and message.body == Presence(up=True)  # the echo, not a retained copy
-            return self.own_presence(now, ours) if fresh else []
-        return self._counted(self._message(message, now, ours, retained))
+            return self._own(message, now, ours, retained)
+        if why := self._stale(message, wall, retained):
+            return self._counted([Note(f"dropped a message from {message.origin}: {why}", drop="replayed")])
+        heard = min(now, now - (wall - message.sent_ms) / 1000 + SKEW)  # no later than it was sent
+        return self._counted(self._message(message, now, heard, ours, retained))
 
-    def _message(self, message: Message, now: float, ours: Digests, retained: bool) -> list[Action]:
+    def _wall(self, now: float, now_ms: int | None) -> int:
+        return self.epoch + round(now * 1000) if now_ms is None else now_ms
+
+    def _stale(self, message: Message, wall: int, retained: bool) -> str:
+        """Why the message is too old (or too new) to be taken, if it is."""
+        skew = round(SKEW * 1000)
+        if message.sent_ms > wall + skew:
+            return f"sent {message.sent_ms - wall} ms ahead of our clock"
+        if retained and isinstance(message.body, Presence):
+            return ""  # any age: a joiner waits for it a sync interval at most
+        if message.sent_ms < wall - self.max_age * 1000:
+            return f"sent {(wall - message.sent_ms) / 1000:.0f} s ago"
+        if self._subscribed_ms is None or message.sent_ms < self._subscribed_ms - skew:
+            return "sent before this server subscribed"
+        return ""
+
+    def _own(self, message: Message, now: float, ours: Digests, retained: bool) -> list[Action]:
+        """Our presence: the echo of our latest, or a copy of an earlier one that someone published."""
+        if retained:
+            return []  # the broker's copy on subscribing: ours follows
+        latest = message.epoch == self.epoch and message.sent_ms >= self._presence_ms
+        if latest and message.body == Presence(up=True):
+            return self.own_presence(now, ours)
+        return self.presence_overwritten(now)
+
+    def _message(
+        self, message: Message, now: float, heard: float, ours: Digests, retained: bool
+    ) -> list[Action]:
         origin, body = message.origin, message.body
         if isinstance(body, Presence) and not body.up:
             return self._left(message, now)
-        if isinstance(body, Presence) and (known := self.peers.get(origin)) and known.epoch == message.epoch:
-            # retained: comes again on every subscription; live: the way to the peer opened again
-            return self._present(origin, now, ours) if retained else self._heard_again(origin, now, ours)
-        peer = self.peers.admit(message, now)
+        known = self.peers.get(origin)
+        said = known.said if known is not None and known.epoch == message.epoch else None
+        peer = self.peers.admit(message, now, heard, self.interval, live=not retained)
         if peer is None:
+            if retained:
+                return []  # a retained copy of a presence already seen: comes on every subscription
             return [Note(f"dropped a replayed message from {origin}", drop="replayed")]
         if isinstance(body, Batch):
             apply = Apply(origin, body.fragments, batch=True, sent_ms=message.sent_ms, size=message.size)
@@ -163,6 +233,8 @@ class Sync:
             return self._digest(origin, body, now, ours)
         if isinstance(body, Transfer):
             return self._transfer(origin, body, now, ours)
+        if not retained and said is not None and now - said > self.interval / 2:
+            return self._heard_again(origin, now, ours)  # live after a gap no presence of it fills
         return self._present(origin, now, ours)
 
     def _present(self, origin: str, now: float, ours: Digests) -> list[Action]:
@@ -260,14 +332,19 @@ class Sync:
         actions = self._check_serving(now)
         if not self.connected:
             return actions
-        silent = self.peers.forget_silent(now, FORGET_ROUNDS * self.interval)
+        # Longer than a message may be old: a forgotten peer's messages are all too old to be taken.
+        silent = self.peers.forget_silent(now, max(FORGET_ROUNDS * self.interval, self.max_age + 2 * SKEW))
         actions += [Note(f"peer {name} forgotten: silent too long") for name in silent]
         if not self._echoed and now - self._presence_at > RETRY_ROUNDS * self.interval:
             actions += self.subscribed(now)  # our presence was lost: say it again
         for name, peer in self.peers.items():
+            if peer.present and self._silent(peer, now):
+                peer.present = False
+                actions.append(Note(f"peer {name} taken for gone: silent for a sync interval"))
             if peer.asked and now - peer.asked_at > RETRY_ROUNDS * self.interval:
                 peer.asked = 0
-                actions += self._ask(name, now, ours, since=peer.asked_since)
+                if not self._silent(peer, now):
+                    actions += self._ask(name, now, ours, since=peer.asked_since)
         differ = any(p.differs(ours) for p in self.peers.values())
         self._quiet += 1
         # Idle and converged: one digest a heartbeat. A joiner's state is partial: it says nothing.
@@ -285,9 +362,20 @@ class Sync:
         self._counts = counts
         return [*actions, PeerCounts(*counts)]
 
-    def poll(self, now: float) -> list[Action]:
-        """While joining, call often: serving may begin as soon as the broker has settled."""
-        return self._check_serving(now)
+    def poll(self, now: float, busy: bool = False) -> list[Action]:
+        """Call often (every sixth of an interval at least): while joining, serving may begin as soon
+        as the broker has settled; our presence is said again every PRESENCE_EVERY of an interval.
+        `busy`: what arrived is not all read yet (the adapter holds it back), so silence says nothing."""
+        if busy:
+            self._deaf_at = now
+        actions: list[Action] = []
+        if self.connected and now - self._presence_at >= PRESENCE_EVERY * self.interval:
+            actions += self._say_present(now)
+        return actions + self._check_serving(now)
+
+    def _silent(self, peer: Peer, now: float) -> bool:
+        """Whether `peer` said nothing for a sync interval since we asked it and could hear it."""
+        return self.connected and now - max(peer.heard, peer.asked_at, self._deaf_at) > self.interval
 
     def _ask(self, origin: str, now: float, ours: Digests, since: int = 0) -> list[Action]:
         """Asks one peer for its batches `since` (0: the buckets that differ), unless a request to it
@@ -309,8 +397,10 @@ class Sync:
         settled = self.fresh or (since is not None and now >= since + self.settle)
         if not all(self._bridges.values()):  # cut off from another site: its state is out of reach
             settled = False
-        waiting = [p for p in self._awaiting if p in self.peers and self.peers[p].asked]
-        if not settled or waiting:
+        asked = [p for p in sorted(self._awaiting) if (peer := self.peers.get(p)) and peer.asked]
+        silent = [p for p in asked if self._silent(self.peers[p], now)]
+        if not settled or len(silent) < len(asked):
             return []
         self.serving = True
-        return [Serve()]
+        gone = [Note(f"no longer waiting for {p}: silent for a sync interval") for p in silent]
+        return [*gone, Serve()]

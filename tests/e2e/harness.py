@@ -7,6 +7,7 @@ import hashlib
 import json
 import subprocess
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,6 +94,54 @@ def publish_all(broker: LocalBroker, messages: Sequence[tuple[str, bytes]], reta
     with mqtt_client(broker) as client:
         for topic, payload in messages:
             client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+
+
+class Tap:
+    """A plain MQTT client that records what the servers publish under the cluster's prefix."""
+
+    def __init__(self, broker: LocalBroker, cluster: str) -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+        self._client.on_message = self._note
+        self._client.connect("127.0.0.1", broker.port)
+        self._client.subscribe(f"{cluster}/#", qos=1)
+        self._client.loop_start()
+        time.sleep(0.3)  # the SUBACK, and the retained presences, arrive
+
+    def _note(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((message.topic, bytes(message.payload), bool(message.retain)))
+
+    def payloads(self, topic: str) -> list[bytes]:
+        """What was published on `topic` so far, oldest first (empty payloads left out)."""
+        with self._lock:
+            return [p for t, p, _ in self.messages if t == topic and p]
+
+    def bytes_on(self, prefix: str, since: int = 0) -> int:
+        with self._lock:
+            return sum(len(p) for t, p, _ in self.messages[since:] if t.startswith(prefix))
+
+    def first(self, topic: str, retained: bool = False) -> bytes:
+        def found() -> bytes | None:
+            with self._lock:
+                return next((p for t, p, r in self.messages if t == topic and r == retained), None)
+
+        return wait_for(f"a message on {topic}", found)
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+@contextmanager
+def tap(broker: LocalBroker, cluster: str) -> Iterator[Tap]:
+    """A Tap on `cluster`'s topics for the duration of the block."""
+    listener = Tap(broker, cluster)
+    try:
+        yield listener
+    finally:
+        listener.close()
 
 
 class Writer:

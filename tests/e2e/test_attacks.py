@@ -4,65 +4,17 @@ cluster key can do to a running cluster, each as the attack was first tried by h
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
 from kvs._gen import kvs_pb2 as pb
-from kvs.local.processes import LocalBroker, wait_for
+from kvs.local.processes import wait_for
 from kvs.replication.codec import Codec, Digest, chunks
 from kvs.storage.store import BUCKETS, Fragment
 from tests.e2e.conftest import Processes
-from tests.e2e.harness import KvsServer, converged, publish_all
+from tests.e2e.harness import KvsServer, converged, publish_all, tap
 
 ZEROS = (0,) * BUCKETS
-
-
-class Tap:
-    """A plain MQTT client that records what the servers publish under the cluster's prefix."""
-
-    def __init__(self, broker: LocalBroker, cluster: str) -> None:
-        self.messages: list[tuple[str, bytes, bool]] = []
-        self._lock = threading.Lock()
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
-        self._client.on_message = self._note
-        self._client.connect("127.0.0.1", broker.port)
-        self._client.subscribe(f"{cluster}/#", qos=1)
-        self._client.loop_start()
-        time.sleep(0.3)  # the SUBACK, and the retained presences, arrive
-
-    def _note(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.messages.append((message.topic, bytes(message.payload), bool(message.retain)))
-
-    def bytes_on(self, prefix: str, since: int = 0) -> int:
-        with self._lock:
-            return sum(len(p) for t, p, _ in self.messages[since:] if t.startswith(prefix))
-
-    def first(self, topic: str, retained: bool = False) -> bytes:
-        def found() -> bytes | None:
-            with self._lock:
-                return next((p for t, p, r in self.messages if t == topic and r == retained), None)
-
-        return wait_for(f"a message on {topic}", found)
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-
-@contextmanager
-def tap(processes: Processes) -> Iterator[Tap]:
-    listener = Tap(processes.broker, processes.cluster)
-    try:
-        yield listener
-    finally:
-        listener.close()
 
 
 def rss_kb(server: KvsServer) -> int:
@@ -96,7 +48,7 @@ def test_a_forged_batch_changes_nothing_and_is_logged(processes: Processes) -> N
 
 def test_a_bit_flipped_or_replayed_batch_is_dropped(processes: Processes) -> None:
     s1, s2 = processes.cluster_of(2)
-    with tap(processes) as listener:
+    with tap(processes.broker, processes.cluster) as listener:
         s1.stub.Put(pb.KeyValueRequest(key="k", val="first"))
         captured = listener.first(f"{processes.cluster}/batch")
     s1.stub.Del(pb.KeyRequest(key="k"))
@@ -115,7 +67,7 @@ def test_forged_and_replayed_digests_make_the_servers_send_nothing(processes: Pr
     for i, server in enumerate(servers):
         list(server.stub.PutAll(pb.KeyValueRequest(key=f"k{i}-{n:05}", val="v" * 100) for n in range(3_000)))
     converged(servers)
-    with tap(processes) as listener:
+    with tap(processes.broker, processes.cluster) as listener:
         # A request the servers would have answered with their whole state, signed by nobody.
         forger = Codec(processes.cluster, "made-up", os.urandom(32), epoch=int(time.time() * 1000))
         forged = [(f"{processes.cluster}/digest", forger.digest(Digest(ZEROS, request=1))) for _ in range(20)]

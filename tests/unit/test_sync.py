@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kvs.replication.actions import Action, Apply, Note, PeerCounts, Publish, SendState, Serve
 from kvs.replication.codec import Batch, Body, Digest, Message, Presence, Transfer
-from kvs.replication.sync import REASKS, SETTLE, Sync
+from kvs.replication.sync import REASKS, SETTLE, SKEW, Sync
 from kvs.storage.store import BUCKETS, Fragment
 
 ZERO = (0,) * BUCKETS
@@ -17,9 +17,11 @@ class Peer:
     def __init__(self, name: str, epoch: int = 100) -> None:
         self.name, self.epoch, self.counter = name, epoch, 0
 
-    def says(self, body: Body, counter: int | None = None) -> Message:
+    def says(self, body: Body, counter: int | None = None, at: float = 0.0) -> Message:
+        """A message sent at `at` s (the core's clock in these tests: its epoch, 0, plus `now`)."""
         self.counter += 1
-        return Message(self.name, body, self.epoch, self.counter if counter is None else counter)
+        counter = self.counter if counter is None else counter
+        return Message(self.name, body, self.epoch, counter, sent_ms=round(at * 1000))
 
 
 def kinds(actions: list[Action]) -> list[str]:
@@ -49,7 +51,7 @@ def answer(sync: Sync, peer: Peer, request: int, now: float, parts: int = 1) -> 
             parts if last else 0,
             request if last else 0,
         )
-        actions += sync.message(peer.says(body), now, ZERO)
+        actions += sync.message(peer.says(body, at=now), now, ZERO)
     return actions
 
 
@@ -94,12 +96,12 @@ def test_after_a_broker_restart_a_joiner_waits_for_the_broker_to_settle() -> Non
     sync.broker_uptime(0, 100.0)  # the broker just started: its retained presences are gone
     sync.subscribed(100.0)
     assert "Serve" not in kinds(sync.own_presence(100.0, ZERO))
-    assert sync.poll(100.0 + SETTLE - 0.1) == []
+    assert "Serve" not in kinds(sync.poll(100.0 + SETTLE - 0.1))
     # A peer reconnects within its backoff and says it is here: now it is waited for.
-    actions = sync.message(s2.says(Presence()), 102.0, ZERO)
+    actions = sync.message(s2.says(Presence(), at=102.0), 102.0, ZERO)
     request = request_to(actions, "s2")
-    assert sync.poll(100.0 + SETTLE) == []
-    assert kinds(answer(sync, s2, request, 100.0 + SETTLE + 1)) == ["Apply", "Serve"]
+    assert "Serve" not in kinds(sync.poll(100.0 + SETTLE))
+    assert kinds(answer(sync, s2, request, 100.0 + SETTLE + 0.5)) == ["Apply", "Serve"]
 
 
 def test_the_first_server_of_a_new_cluster_with_its_own_fresh_broker_does_not_wait() -> None:
@@ -169,12 +171,15 @@ def test_replayed_and_duplicated_messages_are_dropped() -> None:
     assert kinds(sync.message(late[0], 1.4, ZERO)) == ["Apply"]
 
 
-def test_a_peer_that_leaves_is_no_longer_waited_for_and_its_old_runs_are_refused() -> None:
+def test_a_peer_that_leaves_is_waited_for_until_silent_and_its_old_runs_are_refused() -> None:
+    """A "down" may be a replay (a will is signed once per run): only silence ends the wait."""
     sync, s2 = Sync("s1"), Peer("s2")
     joined(sync, s2)
     actions = sync.message(s2.says(Presence(up=False)), 1.0, ZERO)
-    assert kinds(actions) == ["Serve"]
+    assert "Serve" not in kinds(actions)
     assert sync.peers["s2"].present is False
+    assert "Serve" not in kinds(sync.poll(sync.interval - 0.1))
+    assert kinds(sync.poll(sync.interval + 0.1))[-1] == "Serve"
     assert kinds(sync.message(Message("s2", Presence(), 50, 1), 1.1, ZERO)) == []
 
 
@@ -199,6 +204,7 @@ def test_after_a_reconnection_a_server_asks_each_peer_for_the_batches_it_missed_
     sync.subscribed(3.0)
     [(route, asked)] = sent_requests(sync.own_presence(3.0, ZERO))
     assert (route, asked.since) == ("s2", 8)  # everything from the batch after the last one seen
+    sync.message(s2.says(Batch((), seq=8), at=4.5), 4.5, ZERO)  # a batch: it is alive
     [again] = [d for r, d in sent_requests(sync.tick(3.0 + 2 * sync.interval + 0.1, ZERO)) if r == "s2"]
     assert again.since == 8
     assert again.request > asked.request
@@ -250,8 +256,8 @@ def test_a_reconnection_while_joining_waits_for_the_peers_seen_since() -> None:
     sync.subscribed(1.5)
     sync.message(a.says(Presence()), 1.6, ZERO)  # a is back, seen before our echo
     request = request_to(sync.own_presence(1.7, ZERO), "digest")
-    assert sync.poll(1.5 + SETTLE + 1) == []  # settled, but a has not answered
-    assert kinds(answer(sync, a, request, 6.0)) == ["Apply", "Serve"]
+    assert "Serve" not in kinds(sync.poll(1.5 + SETTLE))  # settled, but a has not answered
+    assert kinds(answer(sync, a, request, 1.5 + SETTLE + 0.1)) == ["Apply", "Serve"]
 
 
 def test_a_joining_retry_asks_for_the_whole_state_not_for_batches_since() -> None:
@@ -263,6 +269,7 @@ def test_a_joining_retry_asks_for_the_whole_state_not_for_batches_since() -> Non
     sync.message(a.says(Batch((), seq=7)), 0.0, ZERO)
     sync.message(a.says(Batch((), seq=9)), 0.0, ZERO)  # 8 lost: asked since 8
     sync.own_presence(0.1, ZERO)  # the joining request: everything
+    sync.message(a.says(Batch((), seq=10), at=10.0), 10.0, ZERO)  # alive, but has not answered
     [(_, retry)] = [(r, d) for r, d in sent_requests(sync.tick(11.0, ZERO)) if r == "a"]
     assert retry.since == 0
 
@@ -324,11 +331,11 @@ def test_the_peer_counts_are_reported_when_they_change_and_only_then() -> None:
 
 
 def test_only_the_echo_of_our_own_presence_counts_not_its_retained_copy() -> None:
-    sync = Sync("s1")
+    sync = Sync("s1", epoch=5_000)
     sync.connected_to_broker(0.0)
     sync.broker_uptime(1000, 0.0)
     sync.subscribed(0.0)
-    ours = Message("s1", Presence(), epoch=5, counter=1)
+    ours = Message("s1", Presence(), epoch=5_000, counter=1, sent_ms=5_001)
     assert sync.message(ours, 0.1, ZERO, retained=True) == []  # from an earlier connection
     assert "Serve" in kinds(sync.message(ours, 0.2, ZERO))  # the echo: nobody else is up
     assert sync.message(ours, 0.3, ZERO) == []  # once per connection
@@ -343,12 +350,12 @@ def test_a_joiner_does_not_serve_while_a_bridge_of_its_broker_is_down() -> None:
     sync.subscribed(0.0)
     sync.bridge("kvs-b-to-a", False, True, 0.0)  # retained: the bridge's state when we subscribed
     assert "Serve" not in kinds(sync.own_presence(0.0, ZERO))
-    assert sync.poll(10.0) == []
+    assert "Serve" not in kinds(sync.poll(10.0))
     sync.bridge("kvs-b-to-a", True, False, 10.0)  # the bridge heals
     assert "Serve" not in kinds(sync.poll(10.0 + SETTLE - 0.1))
-    request = request_to(sync.message(s2.says(Presence()), 10.5, ZERO), "s2")  # a's presence crossed
-    assert sync.poll(10.0 + SETTLE) == []
-    assert kinds(answer(sync, s2, request, 11.0 + SETTLE)) == ["Apply", "Serve"]
+    request = request_to(sync.message(s2.says(Presence(), at=10.5), 10.5, ZERO), "s2")  # a's crossed
+    assert "Serve" not in kinds(sync.poll(10.0 + SETTLE))
+    assert kinds(answer(sync, s2, request, 10.5 + SETTLE)) == ["Apply", "Serve"]
 
 
 def test_a_bridge_up_before_the_joiner_subscribed_does_not_delay_it() -> None:
@@ -376,10 +383,151 @@ def test_a_request_asked_into_a_void_is_asked_again_when_the_peer_is_heard_again
     [(_, void)] = sent_requests(sync.own_presence(12.1, ZERO))  # no bridge yet: nobody gets it
     presence = s2.says(Presence())
     assert sent_requests(sync.message(presence, 12.5, ZERO, retained=True)) == []
-    [(route, again)] = sent_requests(sync.message(presence, 13.0, ZERO))  # crossed the healed bridge
+    live = s2.says(Presence())  # said again (every third of an interval), crossed the healed bridge
+    [(route, again)] = sent_requests(sync.message(live, 13.0, ZERO))
     assert (route, again.since) == ("s2", void.since) == ("s2", 2)
     assert again.request > void.request
-    asked = [sent_requests(sync.message(presence, 13.1, ZERO)) for _ in range(REASKS + 2)]
-    assert sum(len(a) for a in asked) == REASKS - 1  # a replayed presence: bounded
+    assert sent_requests(sync.message(presence, 13.1, ZERO)) == []  # a replay: dropped (the window)
+    # Said again and again after gaps (each presence new): at most REASKS requests in all.
+    asked = [sent_requests(sync.message(s2.says(Presence()), 14.0 + 3 * n, ZERO)) for n in range(REASKS + 2)]
+    assert sum(len(a) for a in asked) == REASKS - 1
     answer(sync, s2, sync.peers["s2"].asked, 13.2)
     assert sent_requests(sync.message(presence, 13.3, ZERO)) == []  # answered: nothing to ask
+
+
+# Replays at any time (docs/security.md, "Replays and clocks"): judged by the sender's clock, with no
+# memory of earlier runs. The core's clock in these tests is its epoch plus `now` (ms).
+
+
+def test_a_replayed_presence_of_an_earlier_run_does_not_let_the_real_run_answer_count_for_nothing() -> None:
+    """Found black-box: a retained presence of s2's earlier run, replayed, then s2's real answer made a
+    new record that had been asked nothing, and the joiner served after its first part."""
+    sync, old, s2 = Sync("j", epoch=0), Peer("s2", epoch=100), Peer("s2", epoch=200)
+    sync.connected_to_broker(50.0)
+    sync.broker_uptime(1000, 50.0)
+    sync.subscribed(50.0)
+    sync.message(old.says(Presence(), at=1.0), 50.0, ZERO, retained=True)  # recorded long ago
+    request = request_to(sync.own_presence(50.0, ZERO), "digest")
+    first = Transfer((Fragment("a", 0, ((1, "x"),)),), False, frozenset(), 3, 0)
+    assert kinds(sync.message(s2.says(first, at=50.1), 50.1, ZERO)) == ["Apply"]
+    assert "Serve" not in kinds(sync.poll(50.2))
+    last = Transfer((), True, frozenset(), 3, 1, 2, request)
+    assert kinds(sync.message(s2.says(last, at=50.3), 50.3, ZERO)) == ["Apply", "Serve"]
+
+
+def test_a_message_too_old_sent_before_we_subscribed_or_from_a_clock_far_ahead_is_dropped() -> None:
+    sync, s2 = Sync("s1", interval=1.0), Peer("s2")
+    joined(sync, now=100.0)
+    batch = Batch((Fragment("k", 0, ((1, "v"),)),), seq=1)
+
+    def taken(message: Message, now: float) -> bool:
+        return "Apply" in kinds(sync.message(message, now, ZERO))
+
+    assert not taken(s2.says(batch, at=99.5), 150.0)  # sent 50 s ago: a record of s2 may be gone
+    assert not taken(s2.says(batch, at=98.0), 100.5)  # sent before we subscribed (at 100)
+    assert not taken(s2.says(batch, at=102.0), 100.5)  # 1.5 s ahead of our clock: past SKEW
+    assert taken(s2.says(batch, at=100.9), 100.5)  # within SKEW
+    assert taken(s2.says(batch, at=100.0), 100.0 + sync.max_age - 0.1)  # late, not too late
+
+
+def test_join_requests_replayed_after_the_receiver_restarted_are_not_answered() -> None:
+    """Found black-box: a new run remembers no counters, so each replayed request sent it a transfer."""
+    joiner = Peer("j")
+    request = joiner.says(Digest(ZERO, request=1), at=10.0)
+    before = Sync("s1", epoch=0)
+    joined(before, joiner, now=5.0)
+    assert "SendState" in kinds(before.message(request, 10.0, ZERO))
+    assert "SendState" not in kinds(before.message(request, 10.1, ZERO))  # the same run remembers
+    after = Sync("s1", epoch=20_000)  # restarted at 20 s: what was sent before it subscribed is old
+    joined(after, now=0.0)
+    assert kinds(after.message(request, 0.5, ZERO)) == []
+    assert after.peers == {}
+
+
+def test_a_departed_peer_s_presence_replayed_holds_a_joiner_back_one_sync_interval_at_most() -> None:
+    """Found black-box: it held every new server back 36 s (183 s with the default interval)."""
+    sync, gone, s3 = Sync("j", interval=1.0), Peer("s2"), Peer("s3")
+    sync.connected_to_broker(100.0)
+    sync.broker_uptime(1000, 100.0)
+    sync.subscribed(100.0)
+    sync.message(gone.says(Presence(), at=30.0), 100.0, ZERO, retained=True)
+    sync.message(s3.says(Presence(), at=99.9), 100.0, ZERO, retained=True)
+    request = request_to(sync.own_presence(100.0, ZERO), "digest")
+    assert "Serve" not in kinds(answer(sync, s3, request, 100.2))  # s2 is waited for
+    assert "Serve" not in kinds(sync.poll(100.0 + sync.interval - 0.05))
+    assert kinds(sync.poll(100.0 + sync.interval + 0.05))[-1] == "Serve"
+
+
+def test_replays_of_a_live_peer_s_recent_messages_do_not_stretch_its_silence() -> None:
+    """Its messages that we never got, replayed one by one, show it alive only as of when they were sent."""
+    sync, gone = Sync("j", interval=1.0), Peer("s2")
+    sync.connected_to_broker(100.0)
+    sync.broker_uptime(1000, 100.0)
+    sync.subscribed(100.0)
+    sync.message(gone.says(Presence(), at=99.9), 100.0, ZERO, retained=True)
+    sync.own_presence(100.0, ZERO)
+    recorded = [gone.says(Batch((), seq=n), at=99.95) for n in range(1, 30)]
+    served = []
+    for n, message in enumerate(recorded):
+        now = 100.0 + 0.3 * n
+        sync.message(message, now, ZERO)  # sent within SKEW before we subscribed, never seen by us
+        if "Serve" in kinds(sync.poll(now)):
+            served.append(now)
+    assert served
+    assert served[0] <= 99.95 + SKEW + sync.interval + 0.3
+
+
+def test_a_replayed_down_of_a_live_peer_does_not_release_a_joiner() -> None:
+    sync, s2 = Sync("j", interval=1.0), Peer("s2")
+    joined(sync, s2, now=0.0)
+    will = Message("s2", Presence(up=False), s2.epoch, 1, sent_ms=0)  # signed at connect, replayable
+    assert "Serve" not in kinds(sync.message(will, 0.5, ZERO))
+    sync.message(s2.says(Presence(), at=0.8), 0.8, ZERO)  # its presence, said again
+    assert sync.peers["s2"].present
+    assert "Serve" not in kinds(sync.poll(1.5))  # alive, not answered yet: still waited for
+
+
+def test_an_earlier_presence_of_our_own_is_no_echo_and_is_said_over() -> None:
+    sync = Sync("s1", epoch=5_000)
+    sync.connected_to_broker(10.0)
+    sync.broker_uptime(1000, 10.0)
+    sync.subscribed(10.0)  # our clock: 15,000 ms
+    earlier_run = Message("s1", Presence(), epoch=4_000, counter=9, sent_ms=4_500)
+    this_run_before = Message("s1", Presence(), epoch=5_000, counter=1, sent_ms=5_100)
+    down = Message("s1", Presence(up=False), epoch=5_000, counter=2, sent_ms=5_200)
+    said = Publish("presence", Presence(), retain=True)
+    for n, replay in enumerate((earlier_run, this_run_before, down)):
+        assert sync.message(replay, 11.0 + 1.1 * n, ZERO) == [said], replay
+    assert not sync.serving
+    echo = Message("s1", Presence(), epoch=5_000, counter=3, sent_ms=15_000)
+    assert "Serve" in kinds(sync.message(echo, 15.0, ZERO))
+
+
+def test_a_restart_with_the_clock_set_back_is_taken_once_the_earlier_run_falls_silent() -> None:
+    sync, before, after = Sync("s1", interval=1.0), Peer("s2", epoch=9_000), Peer("s2", epoch=8_000)
+    joined(sync, now=10.0)
+    sync.message(before.says(Presence(), at=10.0), 10.0, ZERO)
+    assert kinds(sync.message(after.says(Batch((), seq=1), at=10.5), 10.5, ZERO)) == []  # replay?
+    assert kinds(sync.message(after.says(Batch((), seq=2), at=11.5), 11.5, ZERO)) == ["Apply"]
+    assert sync.peers["s2"].epoch == 8_000
+    assert kinds(sync.message(before.says(Batch((), seq=9), at=11.6), 11.6, ZERO)) == []  # ended
+
+
+def test_a_forgotten_peer_s_messages_are_too_old_to_be_taken_again() -> None:
+    sync, s2 = Sync("s1", interval=1.0), Peer("s2")
+    joined(sync, s2, now=0.0)
+    batch = s2.says(Batch((Fragment("k", 0, ((1, "v"),)),), seq=1), at=0.1)
+    assert kinds(sync.message(batch, 0.1, ZERO)) == ["Apply"]
+    sync.tick(100.0, ZERO)
+    assert "s2" not in sync.peers
+    assert kinds(sync.message(batch, 100.1, ZERO)) == []
+
+
+def test_a_live_server_says_its_presence_every_third_of_an_interval() -> None:
+    sync = Sync("s1", interval=3.0)
+    joined(sync)
+    presence = Publish("presence", Presence(), retain=True)
+    assert presence not in sync.poll(0.9)
+    assert presence in sync.poll(1.0)
+    assert presence not in sync.poll(1.5)
+    assert presence in sync.poll(2.0)
