@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from kvs._gen import kvs_pb2 as pb
+from kvs.clock import now_ms
 from kvs.local.processes import wait_for
 from kvs.replication.codec import Codec
 from kvs.storage.store import Fragment
@@ -90,7 +91,7 @@ def test_status_json_and_ids_that_are_not_addresses(processes: Processes) -> Non
 def test_status_shows_the_seconds_since_a_repair_on_both_sides_of_it(processes: Processes) -> None:
     s1, s2 = addressed(processes, 2, sync_interval=0.5)
     # State that reaches s1 only, as if s2 had missed the message: anti-entropy repairs s2.
-    ghost = Codec(processes.cluster, "ghost", processes.cluster_key(), epoch=1)
+    ghost = Codec(processes.cluster, "ghost", processes.cluster_key(), epoch=1, clock=now_ms)  # sent now
     inbox = f"{processes.cluster}/to/{s1.name}"
     publish_all(
         processes.broker,

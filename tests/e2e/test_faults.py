@@ -9,6 +9,7 @@ from pathlib import Path
 
 from kvs._gen import kvs_pb2 as pb
 from kvs._gen import replication_pb2 as rpb
+from kvs.clock import now_ms
 from kvs.local.processes import wait_for
 from kvs.mqtt.broker import SOCKET_NAME, private_home
 from kvs.replication.codec import Codec, Digest
@@ -63,7 +64,7 @@ def test_a_message_lost_on_the_way_is_repaired_by_anti_entropy(processes: Proces
     s1, s2 = servers
     s1.stub.Put(pb.KeyValueRequest(key="everywhere", val="1"))
     # State that reaches s1 only, as if s2 had missed the message that carried it.
-    ghost = Codec(processes.cluster, "ghost", processes.cluster_key(), epoch=1)
+    ghost = Codec(processes.cluster, "ghost", processes.cluster_key(), epoch=1, clock=now_ms)  # sent now
     only_s1 = [Fragment("missed", 0, ((1234, "by s2"),)), Fragment("tomb", 99)]
     publish_all(
         processes.broker, [(f"{processes.cluster}/to/s1", p) for p in ghost.transfer(only_s1, to="s1")]
@@ -161,7 +162,7 @@ def test_admin_compare_tells_identical_replicas_from_different_ones(processes: P
         0,
         f"identical: 1 keys (tombstones included) on {', '.join(addresses)}\n",
     )
-    ghost = Codec(processes.cluster, "ghost", processes.cluster_key(), epoch=1)
+    ghost = Codec(processes.cluster, "ghost", processes.cluster_key(), epoch=1, clock=now_ms)  # sent now
     publish_all(
         processes.broker,
         [(f"{processes.cluster}/to/s1", p) for p in ghost.transfer([Fragment("only", 5)], to="s1")],

@@ -69,7 +69,7 @@ class World:
         self.replicator = Replicator(
             self.store, core, CLUSTER, KEY, self.transport.open, clock=SimClock(loop), metrics=self.metrics
         )
-        self.s2 = Codec(CLUSTER, "s2", KEY, epoch=200, clock=lambda: 1)
+        self.s2 = Codec(CLUSTER, "s2", KEY, epoch=200, clock=SimClock(loop).wall_ms)  # our clock: fresh
 
     async def join(self) -> None:
         """Connects, sees s2's presence, then its own presence echo: it serves."""
