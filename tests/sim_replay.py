@@ -4,7 +4,7 @@ its sender or its receiver restarted, after its sender left. It holds the broker
 the cluster key: what it publishes is authentic, only old.
 
 What it checks, beside the cluster's own guarantee 7 (no early SERVING, `Cluster.check_serving`),
-is docs/security.md's "Replays are harmless at any time" on each replica run, through a
+is docs/security.md's "Replays and clocks" on each replica run, through a
 `Replicator` that watches what its core decides on each message (`witnessed`): a message this run
 already received, or one published before this run started (by more than the clocks' SKEW: the
 core cannot tell those from a message of a clock a little behind), must not be joined into the

@@ -57,8 +57,8 @@ FORGET_ROUNDS: Final = 3 * HEARTBEAT_ROUNDS
 REASKS: Final = 3
 """A request is asked again at most this many times because its peer's presence came again (a stale
 copy crossing one bridge, then the real one crossing the next: a star's hub sees two; replays: no more)."""
-SKEW: Final = 1.0
-"""Seconds two servers' clocks may differ by, at most (docs/security.md, "Clocks")."""
+SKEW: Final = 5.0
+"""Seconds two servers' clocks may differ by, at most (docs/security.md, "Replays and clocks")."""
 AGE_ROUNDS: Final = HEARTBEAT_ROUNDS
 """A message older than this many sync intervals by its sender's clock is dropped: what it said, a
 newer one has said again (a lost batch is asked for, a request asked again)."""
@@ -109,7 +109,7 @@ class Sync:
     @property
     def max_age(self) -> float:
         """Seconds after which a message is too old to be taken (by its sender's clock)."""
-        return AGE_ROUNDS * self.interval
+        return max(AGE_ROUNDS * self.interval, 2 * SKEW)
 
     def connected_to_broker(self, now: float) -> list[Action]:
         self.connected, self._echoed = True, False

@@ -424,9 +424,10 @@ def test_a_message_too_old_sent_before_we_subscribed_or_from_a_clock_far_ahead_i
         return "Apply" in kinds(sync.message(message, now, ZERO))
 
     assert not taken(s2.says(batch, at=99.5), 150.0)  # sent 50 s ago: a record of s2 may be gone
-    assert not taken(s2.says(batch, at=98.0), 100.5)  # sent before we subscribed (at 100)
-    assert not taken(s2.says(batch, at=102.0), 100.5)  # 1.5 s ahead of our clock: past SKEW
-    assert taken(s2.says(batch, at=100.9), 100.5)  # within SKEW
+    assert not taken(s2.says(batch, at=100.0 - SKEW - 0.1), 100.5)  # before we subscribed (at 100)
+    assert not taken(s2.says(batch, at=100.5 + SKEW + 0.1), 100.5)  # ahead of our clock, past SKEW
+    assert taken(s2.says(batch, at=100.5 + SKEW - 0.1), 100.5)  # within SKEW
+    assert taken(s2.says(batch, at=100.0 - SKEW + 0.1), 100.5)
     assert taken(s2.says(batch, at=100.0), 100.0 + sync.max_age - 0.1)  # late, not too late
 
 
