@@ -108,7 +108,7 @@ class Replicator:
         # One budget for all of them (see _work_forever); half a client call's: a replica that falls behind
         # always has work, and a Get it answers waits for a slice in each of the turns it takes.
         self._slices = Slices(store, clock.monotonic, APPLY_ROWS, APPLY_SECONDS)
-        self._backlog = 0  # fragments in self._work
+        self._backlog = 0  # characters of the fragments in self._work
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._started = clock.monotonic()
@@ -167,13 +167,14 @@ class Replicator:
         # The rate of the writes since the last batch sets the wait before the next one.
         self._flush_wait = FLUSH_LOADED if len(fragments) >= LOADED * since else FLUSH_EVERY
         session = self._session
-        for chunk, weight in weighed_chunks(fragments):
-            seq, publish = self._batches.batch(chunk, session.writes_in_flight, session.connected, weight)
+        for chunk, _ in weighed_chunks(fragments):
+            seq, publish = self._batches.batch(session.writes_in_flight, session.connected)
+            payload = self._codec.batch(chunk, seq)
+            self._batches.keep(seq, payload)
             if not publish:
                 self._metrics.batch_skipped()
                 self._drops.drop("write window full", f"batch {seq} not published: the peers will ask for it")
                 continue
-            payload = self._codec.batch(chunk, seq)
             session.publish(self._batch_topic, payload, write=True)
             self._metrics.batch_sent(len(payload))
 

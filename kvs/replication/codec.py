@@ -339,6 +339,13 @@ def _fragments(messages: Iterable[pb.Fragment]) -> tuple[Fragment, ...]:
     return tuple(fragments)
 
 
+def batch_fragments(payload: bytes) -> tuple[Fragment, ...]:
+    """The fragments of a Batch payload this server sealed itself (one it kept: no tag to check)."""
+    envelope = pb.Envelope()
+    envelope.ParseFromString(payload[1 + TAG :])
+    return _fragments(envelope.batch.fragments)
+
+
 def fields(fragment: Fragment) -> dict[str, Any]:
     """The fields of the protobuf Fragment that carries `fragment`."""
     return {

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
 from kvs.replication.actions import SendState
-from kvs.replication.codec import weight_of
+from kvs.replication.codec import batch_fragments
 from kvs.storage.store import Fragment, Store, Version, bucket_of, resume_at
 
 WRITE_WINDOW: Final = 1_000
@@ -27,43 +27,40 @@ AWAY_WINDOW: Final = 100
 """The same while the broker is away (the MQTT client holds them until it is back)."""
 
 KEPT: Final = 16 * 1024 * 1024
-"""Characters of its recent batches a server keeps, to send again to a peer that lost some."""
+"""Bytes of memory a server's recent batches may take, kept to send again to a peer that lost some:
+as the payloads it published (about 1.1 times their keys and values), not as Python objects (2 to 3
+times), each counted with BATCH_OVERHEAD."""
+BATCH_OVERHEAD: Final = 128
+"""Bytes a kept batch takes beyond its payload: the bytes object's header, its entry, its number."""
 PAGE: Final = 256 * 1024
 """Characters of keys and values read per page of a transfer (a long history comes in pieces)."""
 
 
-_Plain = tuple[str, int, tuple[tuple[int, str], ...]]
-"""A fragment as plain tuples (key, floor, versions)."""
-
-
 class Kept:
-    """Our recent batches by number, up to `limit` characters of keys and values.
+    """Our recent batches by number, as their payloads, up to `limit` bytes of memory.
 
-    Held as plain tuples, not `Fragment`s: the garbage collector stops tracking a tuple of strings,
-    numbers and such tuples, while it walks every `Fragment` in each full collection. Up to 131,000
-    kept fragments made each full collection 20 to 60 ms long, a pause every server takes now and
-    then under writes (issue 17)."""
+    Held as the bytes published, not as `Fragment`s: half the memory, and nothing the garbage
+    collector tracks (it walked every kept `Fragment` in each full collection: with 131,000 of them,
+    pauses of 20 to 60 ms every server took now and then under writes, issue 17)."""
 
     def __init__(self, limit: int = KEPT) -> None:
         self._limit = limit
-        self._batches: deque[tuple[int, tuple[_Plain, ...], int]] = deque()  # (seq, fragments, weight)
+        self._batches: deque[tuple[int, bytes]] = deque()  # (seq, payload)
         self._weight = 0
 
-    def add(self, seq: int, fragments: list[Fragment], weight: int | None = None) -> None:
-        """Keeps batch `seq`; `weight`, if known, is the sum of its fragments' `weight_of`."""
-        if weight is None:
-            weight = sum(weight_of(fragment) for fragment in fragments)
-        plain = tuple((f.key, f.floor, f.versions) for f in fragments)
-        self._batches.append((seq, plain, weight))
-        self._weight += weight
+    def add(self, seq: int, payload: bytes) -> None:
+        self._batches.append((seq, payload))
+        self._weight += len(payload) + BATCH_OVERHEAD
         while self._weight > self._limit:
-            self._weight -= self._batches.popleft()[2]
+            self._weight -= len(self._batches.popleft()[1]) + BATCH_OVERHEAD
 
-    def since(self, seq: int) -> list[Fragment] | None:
-        """Our batches from number `seq` on, if we still keep them all (else None)."""
+    def since(self, seq: int) -> Iterator[Fragment] | None:
+        """Our batches from number `seq` on, if we still keep them all (else None), decoded one at a
+        time as they are read."""
         if not seq or not self._batches or self._batches[0][0] > seq:
             return None
-        return [Fragment(*plain) for number, batch, _ in self._batches if number >= seq for plain in batch]
+        payloads = [payload for number, payload in self._batches if number >= seq]  # as of now
+        return (fragment for payload in payloads for fragment in batch_fragments(payload))
 
 
 def state_pages(store: Store, buckets: frozenset[int] | None) -> Iterator[Fragment]:
@@ -89,16 +86,16 @@ class Outbox:
         self._next_seq = next_seq
         self._kept = kept or Kept()
 
-    def batch(
-        self, fragments: list[Fragment], in_flight: int, connected: bool, weight: int | None = None
-    ) -> tuple[int, bool]:
-        """Numbers and keeps a batch (of `weight`, if known), given the writes the broker has not
-        acknowledged and whether it is connected; returns its number and whether to publish it."""
-        seq = self._next_seq()
-        self._kept.add(seq, fragments, weight)
-        return seq, in_flight < (WRITE_WINDOW if connected else AWAY_WINDOW)
+    def batch(self, in_flight: int, connected: bool) -> tuple[int, bool]:
+        """Numbers a batch, given the writes the broker has not acknowledged and whether it is
+        connected; returns its number and whether to publish it (keep it either way: `keep`)."""
+        return self._next_seq(), in_flight < (WRITE_WINDOW if connected else AWAY_WINDOW)
 
-    def state(self, send: SendState, store: Store) -> tuple[Iterable[list[Fragment]], bool]:
+    def keep(self, seq: int, payload: bytes) -> None:
+        """Keeps batch `seq`'s payload, to send its fragments again to a peer that asks."""
+        self._kept.add(seq, payload)
+
+    def state(self, send: SendState, store: Store) -> tuple[Iterable[Iterable[Fragment]], bool]:
         """What to send for `send`, in pages, and whether that is our kept batches again (else pages of
         our state)."""
         kept = self._kept.since(send.since)
