@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The kvs benchmark: kvs beside the ceilings of what it is built on, in one run.
 
-    scripts/bench.sh [--rounds 3] [--seconds 1.2] [--only throughput|metrics|lag|joiner|stalls|auth|sites]
+    scripts/bench.sh [--rounds 3] [--seconds 1.2] [--only PART] (parts: throughput, metrics, lag,
+    joiner, stalls, auth, disk, sites, restart, soak)
 
 (scripts/bench.sh runs ./compile.sh --dev first, then this file in .venv).
 
@@ -27,6 +28,12 @@ each way, next to two servers on one broker in the same run; then the time from
 healing a 60 s cut of the bridge, under writes on both sides, until every write
 is on both servers.
 
+The soak part (docs/performance.md, "Soak") churns Put and Del over many keys with
+retention on, for a few minutes on a server in memory and then on one with --data-dir,
+printing memory (and the file's size) every few seconds and their slopes after the
+warm-up (scripts/bench_soak.py); then Put throughput with retention on against off, and
+the worst Get while retention drops a backlog of a million versions.
+
 Prints one `name=value` line per figure, then a table with ratios and targets.
 """
 
@@ -51,6 +58,7 @@ from typing import TypeVar
 
 import bench_loop_cpu
 import grpc
+from bench_soak import Churn, fill_backlog, sample, slope
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -89,6 +97,14 @@ POLL_EVERY = 0.020
 STALL_SERVERS = ("s1", "s2")
 """The stall part's servers: the one that takes the big calls, and its peer, which applies them."""
 STALL_CALLS = ("idle", "putall", "getrange", "delrange", "trim", "transfer")
+SOAK_KEYS = 5_000
+SOAK_SECONDS = 300.0
+SOAK_WARMUP_OPS = 120_000
+"""Operations of churn before the slopes are fitted: by then retention (20 s) has dropped versions
+for a while and the batches kept for resending (16 MiB, 55,000 to 110,000 batches) are full."""
+SOAK_EVERY = 5.0
+SOAK_RETENTION = "20s"
+BACKLOG_KEYS, BACKLOG_VERSIONS = 1_000, 1_000
 
 
 @dataclass
@@ -608,6 +624,68 @@ class Bench:
                 self.record(f"{name}_serving", "s", time.monotonic() - start)
                 server.stop(signal.SIGKILL)  # a crash: the next start finds what kill -9 leaves
 
+    def soak(self) -> None:
+        """Churn with retention on (tombstone expiry too, if the server has it), memory and file over
+        time; Put with retention on against off; the worst Get while retention drops a backlog."""
+        self.broker = LocalBroker(self.work)
+        self._keep(self.broker)
+        growth = ["--retention", SOAK_RETENTION, *_tombstone_ttl()]
+        for store, data_dir in (("memory", None), ("disk", self.work / "soak-disk")):
+            extra = ["--data-dir", str(data_dir)] if data_dir else []
+            server = self._server(f"soak-{store}", f"bench-soak-{store}", [*growth, *extra])
+            print(f"soak, {store}: {' '.join(growth)}, {SOAK_KEYS} keys, {SOAK_SECONDS:.0f} s", flush=True)
+            args = [address(server), "churn", "8", str(SOAK_SECONDS), f"soak-{store}-", str(SOAK_KEYS)]
+            samples = sample(
+                Churn(self._script("bench_load.py", *args)), server.pid, data_dir, SOAK_SECONDS, SOAK_EVERY
+            )
+            steady = [s for s in samples if s.ops >= SOAK_WARMUP_OPS]
+            self.record(f"soak_ops_per_s.{store}", "ops/s", samples[-1].ops / samples[-1].seconds)
+            self.record(f"soak_rss_end.{store}", "MB", samples[-1].rss / 1e6)
+            self.record(f"soak_rss_slope.{store}", "MB/Mop", slope(steady, "rss") / 1e6)
+            if data_dir:
+                self.record(f"soak_file_end.{store}", "MB", samples[-1].file / 1e6)
+                self.record(f"soak_file_slope.{store}", "MB/Mop", slope(steady, "file") / 1e6)
+            server.stop()
+        self._retention_throughput()
+        self._retention_backlog()
+
+    def _retention_throughput(self) -> None:
+        """Put C=16 on a pair with --retention 5s (sweeping what the load itself wrote) and on one without."""
+        pairs = {
+            "on": self._pair("bench-retention-on", ["--retention", "5s"])[0],
+            "off": self._pair("bench-retention-off", [])[0],
+        }
+        seconds, self.seconds = self.seconds, max(self.seconds, 6.0)  # windows that span a sweep or more
+        try:
+            for r in range(self.rounds):
+                for target, server in alternate(r, list(pairs.items())):
+                    self.record(
+                        f"retention_put_c16.{target}", "calls/s", self.load(address(server), "put", 16)
+                    )
+        finally:
+            self.seconds = seconds
+
+    def _retention_backlog(self) -> None:
+        """A server started on a --data-dir holding BACKLOG_KEYS x BACKLOG_VERSIONS old versions with
+        --retention 1m: the worst Get polled every 20 ms while its first sweep drops all but the newest."""
+        data = self.work / "backlog"
+        fill_backlog(data, "bench-backlog", BACKLOG_KEYS, BACKLOG_VERSIONS)
+        flags = ["--broker", self.broker.address, "--cluster", "bench-backlog", "--data-dir", str(data)]
+        server = LocalServer(self.work, "backlog", [*flags, "--retention", "1m"])
+        self._keep(server)
+        server.wait_serving(timeout=120)  # a start is not what is measured: the sweep takes much longer
+        poller = Poller(address(server), key=f"{0:016d}")
+        start = time.monotonic()
+        newest_only = BACKLOG_KEYS * ((16 + 100 + 8) + (16 + 8))  # its newest version and its floor
+        wait_for(
+            "retention to drop the backlog", lambda: server.status().store_bytes <= newest_only, 600, 0.5
+        )
+        self.record("retention_backlog_seconds", "s", time.monotonic() - start)
+        worst, p99 = poller.stop()
+        self.record("retention_backlog_get_max", "ms", worst)
+        self.record("retention_backlog_get_p99", "ms", p99)
+        server.stop()
+
     def _script(self, script: str, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [PYTHON, f"scripts/{script}", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True
@@ -617,14 +695,14 @@ class Bench:
 class Poller:
     """Calls Get (or the health check) every 20 ms on a thread of its own and keeps the latencies."""
 
-    def __init__(self, target: str, health: bool = False) -> None:
+    def __init__(self, target: str, health: bool = False, key: str = "polled") -> None:
         self._channel = open_channel(target)
         self._stub = pb_grpc.KeyValueStoreStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._call: Callable[[], object] = (
             (lambda: self._health.Check(health_pb2.HealthCheckRequest(), timeout=60))
             if health
-            else (lambda: self._stub.Get(pb.KeyRequest(key="polled"), timeout=60))
+            else (lambda: self._stub.Get(pb.KeyRequest(key=key), timeout=60))
         )
         self._stop = threading.Event()
         self.took: list[float] = []
@@ -691,6 +769,12 @@ def _cpu_seconds(pid: int) -> float:
     """User and system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tombstone_ttl() -> list[str]:
+    """--tombstone-ttl 1m if this server has the flag (docs/operations.md), else nothing."""
+    usage = subprocess.run([*SERVER, "--help"], capture_output=True, text=True, env=ENV, check=False).stdout
+    return ["--tombstone-ttl", "1m"] if "--tombstone-ttl" in usage else []
 
 
 def _rss(pid: int) -> float:
@@ -791,6 +875,14 @@ COMPARISONS = [
         for c in (1, 16)
         for store in ("disk", "fsync")
     ),
+    Comparison(
+        "put C=16 retention on", "retention_put_c16.on", "retention_put_c16.off", ">= 0.9", lambda r: r >= 0.9
+    ),
+    Comparison("Get while retention", "retention_backlog_get_max", "", "< 250 ms", lambda r: True),
+    *(
+        Comparison(f"soak {what} slope {store}", f"soak_{what}_slope.{store}", "", "", lambda r: True)
+        for what, store in (("rss", "memory"), ("rss", "disk"), ("file", "disk"))
+    ),
     Comparison("restart, 1M keys", "restart_serving", "restart_empty_serving", "", lambda r: True),
     Comparison(
         "memory / 100k keys", "memory_per_100k_keys", "memory_raw_100k_keys", "<= 2.0", lambda r: r <= 2.0
@@ -805,6 +897,7 @@ ABSOLUTE = {
         for call in STALL_CALLS
         for server in STALL_SERVERS
     },
+    "retention_backlog_get_max": lambda v: v < 250,
 }
 
 
@@ -854,9 +947,9 @@ def report(bench: Bench) -> None:
     )
 
 
-PARTS = ["throughput", "metrics", "auth", "lag", "joiner", "stalls", "disk", "sites", "restart"]
-DEFAULT_PARTS = PARTS[:-2]  # sites cuts a bridge for a minute; restart fills a million keys first
-ALONE = {"sites"}
+PARTS = ["throughput", "metrics", "auth", "lag", "joiner", "stalls", "disk", "sites", "restart", "soak"]
+DEFAULT_PARTS = PARTS[:-3]  # sites cuts a bridge for a minute; restart fills a million keys; soak: minutes
+ALONE = {"sites", "soak"}
 """Parts that start every process they need: the shared servers are not started for them."""
 BROKER_ONLY = {"stalls", "restart"}
 """Parts that need the shared broker only: its servers are not started for them alone."""

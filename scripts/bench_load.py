@@ -10,12 +10,18 @@ replies) completed in SECONDS after a short warm-up.
 
 puts COUNT distinct keys (PREFIX and digits, 16 bytes) with PutAll, C streams at a time.
 Keys are 16 bytes and values 100 bytes, as in the memory figure.
+
+    python scripts/bench_load.py ADDRESS churn CONCURRENCY SECONDS PREFIX KEYS
+
+Put and Del in turn on keys drawn at random among KEYS, C calls in flight, printing
+the operations done so far as one JSON line a second (the soak part of bench.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sys
 import time
 
@@ -87,6 +93,25 @@ async def fill(
             pass
 
 
+async def churn(stub: pb_grpc.KeyValueStoreAsyncStub, prefix: str, keys: int, counter: Counter) -> None:
+    draw = random.Random()
+    put = True
+    while counter.running():
+        key = key_of(prefix, draw.randrange(keys))
+        if put:
+            await stub.Put(pb.KeyValueRequest(key=key, val=VALUE))
+        else:
+            await stub.Del(pb.KeyRequest(key=key))
+        put = not put
+        counter.tick()
+
+
+async def progress(counter: Counter) -> None:
+    while counter.running():
+        await asyncio.sleep(1)
+        print(json.dumps({"ops": counter.total, "at": time.monotonic()}), flush=True)
+
+
 async def main() -> None:
     address, mode, concurrency, amount = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     prefix = sys.argv[5] if len(sys.argv) > 5 else "k"
@@ -101,6 +126,12 @@ async def main() -> None:
             return
         seconds = amount
         counter = Counter(seconds)
+        if mode == "churn":
+            keys = int(sys.argv[6])
+            await asyncio.gather(
+                progress(counter), *(churn(stub, prefix, keys, counter) for _ in range(concurrency))
+            )
+            return
         work = unary if mode in ("put", "get") else streaming
         await asyncio.gather(*(work(stub, mode, n, prefix, counter) for n in range(concurrency)))
     print(json.dumps({"count": counter.count, "total": counter.total, "seconds": seconds}))

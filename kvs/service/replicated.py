@@ -49,6 +49,9 @@ DELETE_PAGE: Final = 100
 """Keys deleted per step of a DelRange (about 30 µs a key)."""
 RETENTION_KEYS: Final = 200
 """Keys looked at per step of a retention sweep (about 6 µs a key)."""
+RETIRED_INLINE: Final = 4
+"""Versions of a key a sweep's floor raise drops with it (at most RETENTION_KEYS times this a step);
+a key with more under its new floor is dropped first, a slice at a time."""
 STEP_SECONDS: Final = 0.002
 """How long a call may hold the event loop before it lets the others in."""
 
@@ -207,19 +210,25 @@ class ReplicatedStore:
         versions may go (read for each page: the clock moves during a long sweep).
 
         A key's old versions are dropped oldest first, a slice at a time, before its floor rises:
-        a backlog of a million versions costs no reader more than a slice's wait.
+        a backlog of a million versions costs no reader more than a slice's wait. A key with at
+        most RETIRED_INLINE of them (the steady state: each Put retires about one) has them dropped
+        by the floor raise itself, which halves the sweep's cost per version.
         """
         after, dropped = "", 0
         while bounds := self.store.retention_page(after, RETENTION_KEYS, keep, cut() if cut else None):
             after = bounds[-1].key
             wanted = [bound for bound in bounds if bound.floor]
             for key, floor in wanted:
+                if not self.store.holds_more(key, floor, RETIRED_INLINE):
+                    continue  # the floor raise drops them: one statement, not three and a commit
                 while (count := self.store.drop_below(key, floor, SLICE_ROWS)) == SLICE_ROWS:
                     dropped += count
                     await _pause()
                 dropped += count
+            before = self.store.floor_drops
             if fragments := self.store.raise_floors(wanted):
                 self._publish(fragments)
+            dropped += self.store.floor_drops - before
             await _pause()
         return dropped
 

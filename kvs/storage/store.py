@@ -216,6 +216,7 @@ ON CONFLICT (key, ver) DO NOTHING
 _VALUE = "SELECT val FROM versions WHERE key = ? AND ver = ?"
 _REPLACE = "UPDATE versions SET val = ? WHERE key = ? AND ver = ?"
 _SET_FLOOR = "INSERT INTO floors (key, floor) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET floor = ?2"
+_NTH_OLDEST = "SELECT 1 FROM versions WHERE key = ?1 AND ver < ?2 ORDER BY ver LIMIT 1 OFFSET ?3"
 _DROP_BELOW = "DELETE FROM versions WHERE key = ? AND ver < ? RETURNING ver, val"
 _KEY_COUNT = "SELECT count(*) FROM (SELECT DISTINCT key FROM versions)"
 # Key counts in steps (`Store.count_keys`): the key of the ?2-th row after ?1, and the keys up to it.
@@ -285,6 +286,8 @@ class Store:
         """How many commits this file has had (on disk; saved with each commit)."""
         self._on_commit: Callable[[int], None] | None = None
         self.keep_versions = keep_versions
+        self.floor_drops = 0
+        """Versions floor raises have dropped so far (a counter; `drop_below`'s are not in it)."""
         # One connection, used by one thread at a time (see kvs.server).
         self._db = sqlite3.connect(path or ":memory:", isolation_level=None, check_same_thread=False)
         self._vacuums = False
@@ -506,6 +509,10 @@ class Store:
                     done.append((removed, fragment))
         return done
 
+    def holds_more(self, key: str, below: Version, count: int) -> bool:
+        """Whether `key` holds more than `count` versions under `below` (reads at most count + 1)."""
+        return self._db.execute(_NTH_OLDEST, (key, below, count)).fetchone() is not None
+
     def drop_below(self, key: str, below: Version, limit: int) -> int:
         """Remove the oldest versions of `key` under `below`, at most `limit`; returns how many.
 
@@ -651,6 +658,7 @@ class Store:
         self._toggle(b"f", key, floor, "", 1)
         for ver, val in self._db.execute(_DROP_BELOW, (key, floor)).fetchall():
             self._toggle(b"v", key, ver, val, -1)
+            self.floor_drops += 1
         return True
 
     def _keep_floor(self, key: str) -> Version:

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from kvs.errors import QuotaExceeded
-from kvs.service.replicated import SLICE_ROWS, ReplicatedStore
+from kvs.service.replicated import RETIRED_INLINE, SLICE_ROWS, ReplicatedStore
 from kvs.service.upkeep import Quota, Retention, Upkeep
 from kvs.storage.store import Fragment, Store
 from tests.clock import Clock
@@ -98,5 +98,28 @@ def test_a_sweep_drops_a_long_history_in_slices_and_publishes_the_floors() -> No
         assert store.get("short").val == "only"  # the newest always stays
         assert await upkeep.sweep() == 0
         assert len(published) == 2
+
+    asyncio.run(run())
+
+
+def test_a_sweep_counts_what_a_floor_raise_drops_with_it() -> None:
+    """A key with few old versions has them dropped by its floor raise itself (the steady state under
+    retention, kvs.service.replicated.RETIRED_INLINE); they count as dropped all the same."""
+
+    async def run() -> None:
+        clock = Clock(1000)
+        store = Store(clock)
+        for key, count in (("few", 3), ("more", RETIRED_INLINE + 3), ("one", 1)):
+            for i in range(count):
+                clock.now = 1000 + i
+                store.put(key, str(i))
+        report = Report()
+        upkeep = Upkeep(
+            ReplicatedStore(store, lambda f: None), clock, Quota(10**9), Retention(None, 1000), report
+        )
+        clock.now = 10_000
+        assert await upkeep.sweep() == 2 + RETIRED_INLINE + 2
+        assert report.dropped == 2 + RETIRED_INLINE + 2
+        assert store.stats().versions == 3  # the newest of each
 
     asyncio.run(run())
