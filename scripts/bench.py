@@ -16,10 +16,15 @@ each round (in alternating order: `alternate`) so that the machine's noise
 falls on all of them alike; each ratio is the median of the rounds' ratios,
 shown with their range.
 
-The stall part (SPEC guarantee 8) polls a Get every 20 ms from a thread of
-this process while one big call runs from another process (scripts/bench_stall.py):
-a PutAll of 200,000 new keys, a DelRange over them, a Trim of a key with a
-long history. It reports the worst Get latency seen during each.
+The stall part (SPEC guarantee 8) polls a Get every 20 ms on every server of a
+replicated pair, from threads of this process, while one big call runs on the
+first from another process (scripts/bench_stall.py): a PutAll of 200,000 new
+keys, a GetRange and a DelRange over them, a Trim of a key with a long history;
+each until every server has applied it; then while a joiner takes a transfer of
+1,000,000 keys (the sender's Get and the joiner's health check). It reports the
+worst latency and the p99 per server, the control (Gets alone) in every round,
+and with --loop-cpu the longest turn of each server's loop in CPU ms
+(scripts/bench_loop_cpu.py).
 
 The sites part (docs/sites.md) starts two mosquittos of its own, on 127.0.0.2 and
 127.0.0.3, b's bridged to a's through a proxy (kvs/local/linkproxy.py), and
