@@ -46,7 +46,7 @@ DropReason: TypeAlias = Literal[
     "foreign",  # another cluster's, or a format this server cannot read
     "misrouted",  # the wrong kind for its topic, another server's presence, or our own id from elsewhere
     "unauthenticated",  # no valid tag made with the cluster key (docs/security.md)
-    "replayed",  # a validly tagged message seen before, or from an earlier run of its sender
+    "replayed",  # validly tagged but seen before, of an earlier run, or too old or new by its clock
 ]
 """Why a received replication message was dropped: a fixed set, so that a hostile sender cannot
 mint label values."""
