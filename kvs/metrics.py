@@ -201,6 +201,11 @@ class Metrics(ReplicationMetrics):
             "Versions dropped by --keep-versions and --retention sweeps",
             registry=r,
         )
+        self._purged = Counter(
+            "kvs_tombstones_purged",
+            "Floors of deleted keys forgotten once older than --tombstone-ttl",
+            registry=r,
+        )
         for reason in DROP_REASONS:
             self._dropped.labels(reason)  # every reason shows, at 0, from the first scrape
         for sent in ("batches", "state"):
@@ -235,6 +240,9 @@ class Metrics(ReplicationMetrics):
 
     def retention_dropped(self, versions: int) -> None:
         self._retired.inc(versions)
+
+    def tombstones_purged(self, floors: int) -> None:
+        self._purged.inc(floors)
 
     # gRPC -----------------------------------------------------------------------
 

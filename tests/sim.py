@@ -247,6 +247,7 @@ class Replica:
     def __init__(self, cluster: Cluster, name: str, interval: float) -> None:
         self.cluster, self.name, self.interval = cluster, name, interval
         self.broker = cluster.broker  # the one it connects to (tests/sim_sites.py: its site's)
+        self.clock: Any = cluster.clock  # its own (tests/sim_horizon.py sets one that runs ahead)
         self.store = Store(cluster.clock_ms)
         self.alive = False
         self.partitioned = False
@@ -267,7 +268,7 @@ class Replica:
     def start(self, disk: bool = False) -> None:
         """Starts (or restarts) the replica; with a disk it keeps its store."""
         if not disk:
-            self.store = Store(self.cluster.clock_ms)
+            self.store = Store(self.clock.wall_ms)
             self.lost_at = self.cluster.now
         self.incarnation += 1
         self.alive, self.started_at = True, self.cluster.now
@@ -284,10 +285,11 @@ class Replica:
         cluster = self.cluster
         if incarnation != self.incarnation or not self.alive:
             return  # crashed before it began
-        core = cluster.sync_class(self.name, self.interval, epoch=cluster.clock.wall_ms())
+        core = cluster.sync_class(self.name, self.interval, epoch=self.clock.wall_ms())
+        core.horizon.ttl_ms = cluster.horizon_ms  # --tombstone-ttl (tests/sim_horizon.py)
         rng = random.Random(cluster.random.random())
         self.replicator = cluster.replicator_class(
-            self.store, core, CLUSTER, KEY, self._open, clock=cluster.clock, rng=rng, metrics=self.reports
+            self.store, core, CLUSTER, KEY, self._open, clock=self.clock, rng=rng, metrics=self.reports
         )
         await self.replicator.start()
 
@@ -463,6 +465,7 @@ class Cluster:
         self.replicas = {f"r{i}": Replica(self, f"r{i}", interval) for i in range(1, size + 1)}
         self.acknowledged: list[Ack] = []
         self.violations: list[str] = []
+        self.horizon_ms = 0  # every replica's --tombstone-ttl (0: off; tests/sim_horizon.py)
 
     @property
     def now(self) -> float:

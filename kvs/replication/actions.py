@@ -46,6 +46,30 @@ class Apply:
     batch: bool = False
     sent_ms: int = 0  # the sender's clock when it published the batch (replication lag)
     size: int = 0  # the payload's bytes (a batch's, for the metrics)
+    late: int = 0  # a version below it is dropped: a late message's (kvs.replication.horizon)
+
+
+@dataclass(frozen=True, slots=True)
+class SetAside:
+    """Back from an absence past --tombstone-ttl: move every version older than `cut` out of the store
+    (not served, hashed nor sent), and forget the batches kept for resending."""
+
+    cut: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """The peers have answered: drop the versions set aside (what they hold came back with their
+    answers), or join them back when no peer answered (`restore`)."""
+
+    restore: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Touched:
+    """In touch with the cluster at `ms` (wall clock): saved with --data-dir."""
+
+    ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,4 +94,4 @@ class Note:
     drop: str = ""
 
 
-Action = Publish | SendState | Apply | Serve | PeerCounts | Note
+Action = Publish | SendState | Apply | Serve | PeerCounts | Note | SetAside | Settle | Touched

@@ -20,14 +20,25 @@ from typing import Final, assert_never, cast
 
 from kvs.errors import CodecError
 from kvs.metrics import NO_METRICS, DropReason, ReplicationMetrics
-from kvs.replication.actions import Action, Apply, Note, PeerCounts, Publish, SendState, Serve
+from kvs.replication.actions import (
+    Action,
+    Apply,
+    Note,
+    PeerCounts,
+    Publish,
+    SendState,
+    Serve,
+    SetAside,
+    Settle,
+    Touched,
+)
 from kvs.replication.codec import TRANSFER_CHUNK, Codec, Message, weighed_chunks, weight_of
 from kvs.replication.droplog import DropLog
 from kvs.replication.sending import Outbox
 from kvs.replication.sync import PRESENCE_EVERY, Sync
 from kvs.replication.topics import UPTIME, Topics, bridge_state, recipient, uptime
 from kvs.replication.transport import SYSTEM_CLOCK, Clock, Opener
-from kvs.service.replicated import Slices
+from kvs.service.replicated import Slices, set_aside_in_slices, settle_in_slices
 from kvs.storage.store import Fragment, Store
 
 log = logging.getLogger(__name__)
@@ -84,6 +95,9 @@ class Replicator:
         self.caught_up = asyncio.Event()
         """Set once this server holds its peers' state (kvs.replication.sync's joining rule)."""
         self._store, self._sync, self._clock = store, core, clock
+        # The store says when it was last in touch, and whether an earlier run left versions aside.
+        core.horizon.touched_ms = core.horizon.touched_ms or store.touched
+        core.horizon.pending = bool(core.horizon.ttl_ms) and store.in_doubt() > 0
         self._random = rng or random.Random()
         self._codec = Codec(cluster, core.node_id, key, epoch=core.epoch, clock=clock.wall_ms)
         self._topics = Topics(cluster, core.node_id)
@@ -207,7 +221,7 @@ class Replicator:
                 payload = self._codec.encode(body, recipient(route))
                 self._session.publish(self._topics.route(route), payload, retain=retain)
             case Apply(origin=origin, fragments=fragments):
-                await self._slices.join(fragments)
+                await self._slices.join(fragments, late=action.late)
                 if action.batch:
                     self._metrics.batch_applied(action.size)
                     self._metrics.lag(self._clock.wall_ms() / 1000 - action.sent_ms / 1000)
@@ -222,6 +236,8 @@ class Replicator:
                 self.caught_up.set()
             case PeerCounts(up=up, differing=differing):
                 self._metrics.peers(up, differing)
+            case SetAside() | Settle() | Touched():
+                await self._horizon(action)
             case Note(text=text, drop=""):
                 log.info("%s", text)
             case Note(text=text, drop=reason):
@@ -230,10 +246,33 @@ class Replicator:
             case _:
                 assert_never(action)
 
+    async def _horizon(self, action: SetAside | Settle | Touched) -> None:
+        """The tombstone horizon's actions (kvs/replication/horizon.py)."""
+        match action:
+            case SetAside(cut=cut):
+                self._batches = Outbox(self._sync.next_batch_seq)  # kept batches may hold them
+                moved = await set_aside_in_slices(self._store, cut)
+                log.info(
+                    "%d version(s) older than the horizon set aside until the peers have answered", moved
+                )
+            case Settle(restore=True):
+                await settle_in_slices(self._store, restore=True)
+                log.info("no peer answered: the versions set aside are kept (nobody can have deleted them)")
+            case Settle():
+                lost = await settle_in_slices(self._store, restore=False)
+                log.warning(
+                    "back past --tombstone-ttl: dropped %d version(s) older than the horizon that no peer"
+                    " holds (keys deleted meanwhile, or writes made out of touch); the rest came back",
+                    lost,
+                )
+            case Touched(ms=ms):
+                self._store.touch(ms)
+
     async def _send_state(self, action: SendState) -> None:
         """A transfer, read a page at a time (fresh queries: writes go on in between), encoded a
         fragment at a time and sent in messages of TRANSFER_CHUNK, in the slices of `_work_forever`."""
-        pages, resent = self._batches.state(action, self._store)
+        late = self._sync.horizon.late(self._clock.wall_ms())  # old versions in our history: not again
+        pages, resent = self._batches.state(action, self._store, late)
         if action.kind == "repair":
             self._metrics.repair_started(len(action.send_back))
         elif action.kind == "lost":
@@ -294,7 +333,7 @@ class Replicator:
             self._run(self._sync.poll(now, busy=self._backlog > 0))
             if now >= next_tick:
                 next_tick = now + interval * self._jitter()
-                self._run(self._sync.tick(now, self._store.digest()))
+                self._run(self._sync.tick(now, self._store.digest(), self._clock.wall_ms()))
                 self._drops.flush()
 
     def _jitter(self) -> float:
@@ -303,7 +342,7 @@ class Replicator:
     # The transport's events (kvs.replication.transport.Listener), on the event loop ----------
 
     def on_connected(self) -> None:
-        self._run(self._sync.connected_to_broker(self._clock.monotonic()))
+        self._run(self._sync.connected_to_broker(self._clock.monotonic(), self._clock.wall_ms()))
 
     def on_lost(self) -> None:
         self._metrics.broker(str(self._session.broker), False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from typing import Final
 
 from kvs.replication.actions import SendState
@@ -54,13 +55,24 @@ class Kept:
         while self._weight > self._limit:
             self._weight -= len(self._batches.popleft()[1]) + BATCH_OVERHEAD
 
-    def since(self, seq: int) -> Iterator[Fragment] | None:
+    def since(self, seq: int, late: int = 0) -> Iterator[Fragment] | None:
         """Our batches from number `seq` on, if we still keep them all (else None), decoded one at a
-        time as they are read."""
+        time as they are read, without their versions older than `late`: history, which may hold
+        versions deleted since by a floor that is forgotten now (kvs/replication/horizon.py); our
+        state, sent when asked, holds what is current."""
         if not seq or not self._batches or self._batches[0][0] > seq:
             return None
         payloads = [payload for number, payload in self._batches if number >= seq]  # as of now
-        return (fragment for payload in payloads for fragment in batch_fragments(payload))
+        fragments = (fragment for payload in payloads for fragment in batch_fragments(payload))
+        if not late:
+            return fragments
+        return (f for f in map(partial(_newer, late=late), fragments) if f.floor or f.versions)
+
+
+def _newer(fragment: Fragment, late: int) -> Fragment:
+    if all(ver >= late for ver, _ in fragment.versions):
+        return fragment
+    return Fragment(fragment.key, fragment.floor, tuple(v for v in fragment.versions if v[0] >= late))
 
 
 def state_pages(store: Store, buckets: frozenset[int] | None) -> Iterator[Fragment]:
@@ -95,8 +107,11 @@ class Outbox:
         """Keeps batch `seq`'s payload, to send its fragments again to a peer that asks."""
         self._kept.add(seq, payload)
 
-    def state(self, send: SendState, store: Store) -> tuple[Iterable[Iterable[Fragment]], bool]:
+    def state(
+        self, send: SendState, store: Store, late: int = 0
+    ) -> tuple[Iterable[Iterable[Fragment]], bool]:
         """What to send for `send`, in pages, and whether that is our kept batches again (else pages of
-        our state)."""
-        kept = self._kept.since(send.since)
+        our state); `late`: the horizon, under which kept batches' versions are not sent again
+        (`Kept.since`)."""
+        kept = self._kept.since(send.since, late)
         return ([kept], True) if kept is not None else (state_by_page(store, send.buckets), False)

@@ -43,7 +43,9 @@ from typing import Final
 
 from kvs.replication.actions import Action, Apply, Note, PeerCounts, Publish, SendKind, SendState, Serve
 from kvs.replication.codec import Batch, Digest, Message, Presence, Transfer
+from kvs.replication.horizon import Horizon
 from kvs.replication.peers import Digests, Peer, Peers, differing
+from kvs.storage.store import BUCKETS
 
 SETTLE: Final = 3.0
 """Seconds a broker must have been up before its retained presences are trusted to be complete;
@@ -65,6 +67,8 @@ newer one has said again (a lost batch is asked for, a request asked again)."""
 PRESENCE_EVERY: Final = 1 / 3
 """A live server publishes its presence again every this fraction of a sync interval, so that a peer
 silent for a whole interval is taken for gone."""
+EVERYTHING: Final = (0,) * BUCKETS
+"""The digest of an empty store: a request with it asks for the whole state."""
 
 
 @dataclass
@@ -97,6 +101,8 @@ class Sync:
     _published: Digests | None = None
     _quiet: int = 0
     _counts: tuple[int, int] = (0, 0)  # the PeerCounts last reported
+    horizon: Horizon = field(default_factory=Horizon)  # --tombstone-ttl (kvs/replication/horizon.py)
+    _doubted: set[str] = field(default_factory=set)  # in doubt: peers asked, whose answer we wait for
 
     def __post_init__(self) -> None:
         self._requests = itertools.count(self.epoch + 1)
@@ -111,13 +117,13 @@ class Sync:
         """Seconds after which a message is too old to be taken (by its sender's clock)."""
         return max(AGE_ROUNDS * self.interval, 2 * SKEW)
 
-    def connected_to_broker(self, now: float) -> list[Action]:
+    def connected_to_broker(self, now: float, wall_ms: int = 0) -> list[Action]:
         self.connected, self._echoed = True, False
         for peer in self.peers.values():
             peer.heard = max(peer.heard, now)  # nobody could reach us meanwhile: silence starts now
         self._broker_since = now  # until the broker says how old it is (a restarted one lost everything)
         self._deaf_at = now
-        return []
+        return self.horizon.touch(wall_ms)  # out of touch past the horizon: in doubt
 
     def disconnected(self, now: float) -> list[Action]:
         self.connected = False
@@ -165,28 +171,39 @@ class Sync:
             return []
         self._echoed = True
         present = self.peers.present()
+        if self.serving and self.horizon.doubt:  # back past the horizon: everybody's whole state
+            self._doubted = set(present)
+            self.horizon.asked += len(present)
+            for name in present:
+                self.peers[name].reask()  # whatever was asked, the whole state supersedes it
+            asks = [a for name in present for a in self._ask(name, now, EVERYTHING)]
+            return asks + self._check_doubt(now)
         if self.serving:  # after a reconnection: ask each peer again for every batch we may lack
             return [a for name in present for a in self._ask(name, now, ours, self.peers[name].reask())]
         self._awaiting = (self._awaiting or set()) | set(present)  # a reconnection while joining adds
         request = next(self._requests)  # joining: everybody's whole state
         for name in present:
             self.peers[name].asking(request, now, since=0)
+        if self.horizon.doubt:
+            ours, self._doubted = EVERYTHING, set(present)
+            self.horizon.asked += len(present)
         note = Note(f"joining: waiting for the state of {present}" if present else "joining")
-        return [note, Publish("digest", Digest(ours, request, self.batch_seq)), *self._check_serving(now)]
+        publish = Publish("digest", Digest(ours, request, self.batch_seq))
+        return [note, publish, *self._check_doubt(now), *self._check_serving(now)]
 
     def message(
         self, message: Message, now: float, ours: Digests, retained: bool = False, now_ms: int | None = None
     ) -> list[Action]:
         """A message, already authenticated by the codec and checked against its topic
         (kvs.replication.topics); `retained`: the broker's retained copy, sent on subscribing;
-        `now_ms`: the wall clock (None in the unit tests: `epoch` plus `now`)."""
+        `now_ms`: the wall clock (None in the unit tests: `epoch` plus `now`; the tombstone horizon's)."""
         wall = self._wall(now, now_ms)
         if message.origin == self.node_id:  # only our presence comes back to us (MQTT no-local)
             return self._own(message, now, ours, retained)
         if why := self._stale(message, wall, retained):
             return self._counted([Note(f"dropped a message from {message.origin}: {why}", drop="replayed")])
         heard = min(now, now - (wall - message.sent_ms) / 1000 + SKEW)  # no later than it was sent
-        return self._counted(self._message(message, now, heard, ours, retained))
+        return self._counted(self._message(message, now, heard, ours, retained, wall_ms=wall))
 
     def _wall(self, now: float, now_ms: int | None) -> int:
         return self.epoch + round(now * 1000) if now_ms is None else now_ms
@@ -214,7 +231,7 @@ class Sync:
         return self.presence_overwritten(now)
 
     def _message(
-        self, message: Message, now: float, heard: float, ours: Digests, retained: bool
+        self, message: Message, now: float, heard: float, ours: Digests, retained: bool, *, wall_ms: int = 0
     ) -> list[Action]:
         origin, body = message.origin, message.body
         if isinstance(body, Presence) and not body.up:
@@ -227,12 +244,14 @@ class Sync:
                 return []  # a retained copy of a presence already seen: comes on every subscription
             return [Note(f"dropped a replayed message from {origin}", drop="replayed")]
         if isinstance(body, Batch):
-            apply = Apply(origin, body.fragments, batch=True, sent_ms=message.sent_ms, size=message.size)
+            late = self.horizon.late(wall_ms)
+            apply = Apply(origin, body.fragments, True, message.sent_ms, message.size, late)
             return [apply, *self._batch_seen(origin, body.seq, now, ours)]
         if isinstance(body, Digest):
-            return self._digest(origin, body, now, ours)
+            comparable = self.horizon.comparable(message.sent_ms, wall_ms)
+            return self._digest(origin, body, now, ours, comparable)
         if isinstance(body, Transfer):
-            return self._transfer(origin, body, now, ours)
+            return self._transfer(origin, body, now, ours, self.horizon.late(wall_ms, message.sent_ms, False))
         if not retained and said is not None and now - said > self.interval / 2:
             return self._heard_again(origin, now, ours)  # live after a gap no presence of it fills
         return self._present(origin, now, ours)
@@ -245,7 +264,12 @@ class Sync:
         actions: list[Action] = [Note(f"peer {origin} seen")]
         if self._awaiting is not None and not self.serving and self._echoed:
             self._awaiting.add(origin)  # up, but its presence came after ours: wait for it too
-            actions += self._ask(origin, now, ours)
+            actions += self._ask(origin, now, EVERYTHING if self.horizon.doubt else ours)
+        elif self.horizon.doubt and self._echoed:  # in doubt: its whole state too
+            actions += self._ask(origin, now, EVERYTHING)
+        if self.horizon.doubt and self._echoed:
+            self._doubted.add(origin)
+            self.horizon.asked += 1
         return actions
 
     def _heard_again(self, origin: str, now: float, ours: Digests) -> list[Action]:
@@ -260,14 +284,17 @@ class Sync:
         ):
             return self._present(origin, now, ours)
         reasked = peer.reasked
-        actions = self._ask(origin, now, ours, since=peer.reask())
+        since = peer.reask()
+        doubt = self.horizon.doubt  # in doubt: the whole state again (kvs/replication/horizon.py)
+        actions = self._ask(origin, now, EVERYTHING, 0) if doubt else self._ask(origin, now, ours, since)
         peer.reasked = reasked + 1
         return [Note(f"peer {origin} heard again: asking it again"), *actions]
 
     def _left(self, message: Message, now: float) -> list[Action]:
         if not self.peers.left(message.origin, message.epoch):  # no longer waited for: not asked
             return []
-        return [Note(f"peer {message.origin} left"), *self._check_serving(now)]
+        self._doubted.discard(message.origin)
+        return [Note(f"peer {message.origin} left"), *self._check_serving(now), *self._check_doubt(now)]
 
     def _batch_seen(
         self, origin: str, seq: int, now: float, ours: Digests, received: bool = True
@@ -278,11 +305,15 @@ class Sync:
         note = Note(f"batch {skipped} of {origin} was lost: asking for it")
         return [note, *self._ask(origin, now, ours, skipped)]
 
-    def _digest(self, origin: str, digest: Digest, now: float, ours: Digests) -> list[Action]:
+    def _digest(
+        self, origin: str, digest: Digest, now: float, ours: Digests, comparable: bool = True
+    ) -> list[Action]:
         peer = self.peers[origin]
         actions = self._batch_seen(origin, digest.batch_seq, now, ours, received=False)
         if digest.request:
             return actions + self._answer(origin, digest, ours)
+        if not comparable:  # tombstones are being forgotten (kvs/replication/horizon.py)
+            return actions
         stuck = peer.stuck(digest.buckets, ours)
         if not stuck or self.node_id > origin or peer.sending or peer.asked:
             return actions  # nothing to repair, the peer with the smaller id repairs, or we wait for it
@@ -290,12 +321,17 @@ class Sync:
         note = Note(f"repairing {len(stuck)} bucket(s) with {origin}")
         return [*actions, note, SendState(origin, stuck, send_back=stuck, kind="repair")]
 
-    def _transfer(self, origin: str, transfer: Transfer, now: float, ours: Digests) -> list[Action]:
+    def _transfer(
+        self, origin: str, transfer: Transfer, now: float, ours: Digests, late: int = 0
+    ) -> list[Action]:
         peer = self.peers[origin]
-        actions: list[Action] = [Apply(origin, transfer.fragments)]
+        actions: list[Action] = [Apply(origin, transfer.fragments, late=late)]
         complete = peer.part_received(transfer)
         if complete is None:
             return actions
+        if complete and transfer.answers and transfer.answers == peer.asked and origin in self._doubted:
+            self._doubted.discard(origin)
+            self.horizon.answered()
         if transfer.answers and transfer.answers == peer.asked:
             peer.asked = 0
             if not complete or peer.again is not None:  # a part was lost, or a batch since the request
@@ -304,7 +340,7 @@ class Sync:
         if complete and transfer.send_back and not peer.sending:
             peer.sending, self.last_repair = True, now
             actions.append(SendState(origin, transfer.send_back, kind="repair_reply"))
-        return actions + self._check_serving(now)
+        return actions + self._check_doubt(now) + self._check_serving(now)
 
     def sent(self, peer_name: str, now: float, ours: Digests) -> list[Action]:
         """The adapter finished sending a transfer to `peer_name`."""
@@ -324,14 +360,20 @@ class Sync:
         buckets = differing(ours, request.buckets)
         return [SendState(origin, buckets, answers=request.request, since=request.since, kind=kind)]
 
-    def tick(self, now: float, ours: Digests) -> list[Action]:
-        """Called every sync interval (with jitter)."""
-        return self._counted(self._tick(now, ours))
+    def tick(self, now: float, ours: Digests, wall_ms: int = 0) -> list[Action]:
+        """Called every sync interval (with jitter); `wall_ms`: the wall clock (the tombstone horizon's)."""
+        return self._counted(self._tick(now, ours, wall_ms))
 
-    def _tick(self, now: float, ours: Digests) -> list[Action]:
+    def _tick(self, now: float, ours: Digests, wall_ms: int = 0) -> list[Action]:
         actions = self._check_serving(now)
         if not self.connected:
             return actions
+        doubted = self.horizon.doubt
+        actions += self.horizon.touch(wall_ms)  # a frozen process finds its last touch old here
+        if self.horizon.doubt and not doubted and self._echoed:
+            self._echoed = False
+            actions += self.own_presence(now, ours)  # ask everybody for everything now
+        actions += self._check_doubt(now)
         # Longer than a message may be old: a forgotten peer's messages are all too old to be taken.
         silent = self.peers.forget_silent(now, max(FORGET_ROUNDS * self.interval, self.max_age + 2 * SKEW))
         actions += [Note(f"peer {name} forgotten: silent too long") for name in silent]
@@ -371,11 +413,22 @@ class Sync:
         actions: list[Action] = []
         if self.connected and now - self._presence_at >= PRESENCE_EVERY * self.interval:
             actions += self._say_present(now)
-        return actions + self._check_serving(now)
+        return actions + self._check_doubt(now) + self._check_serving(now)
 
     def _silent(self, peer: Peer, now: float) -> bool:
         """Whether `peer` said nothing for a sync interval since we asked it and could hear it."""
         return self.connected and now - max(peer.heard, peer.asked_at, self._deaf_at) > self.interval
+
+    def _check_doubt(self, now: float) -> list[Action]:
+        """In doubt (kvs/replication/horizon.py): settles once the broker has settled and every peer
+        asked has answered completely, left, or been silent for a sync interval."""
+        if not self.horizon.doubt or not self._echoed or not self.connected or not self._settled(now):
+            return []
+        doubted = [self.peers[p] for p in sorted(self._doubted) if p in self.peers]
+        if any(peer.asked and not self._silent(peer, now) for peer in doubted):
+            return []
+        self._doubted.clear()
+        return self.horizon.settle()
 
     def _ask(self, origin: str, now: float, ours: Digests, since: int = 0) -> list[Action]:
         """Asks one peer for its batches `since` (0: the buckets that differ), unless a request to it
@@ -391,12 +444,7 @@ class Sync:
     def _check_serving(self, now: float) -> list[Action]:
         if self.serving or self._awaiting is None or not self._echoed:
             return []
-        since = self._broker_since
-        if since is not None and self._bridged_since is not None:
-            since = max(since, self._bridged_since)
-        settled = self.fresh or (since is not None and now >= since + self.settle)
-        if not all(self._bridges.values()):  # cut off from another site: its state is out of reach
-            settled = False
+        settled = self._settled(now)
         asked = [p for p in sorted(self._awaiting) if (peer := self.peers.get(p)) and peer.asked]
         silent = [p for p in asked if self._silent(self.peers[p], now)]
         if not settled or len(silent) < len(asked):
@@ -404,3 +452,11 @@ class Sync:
         self.serving = True
         gone = [Note(f"no longer waiting for {p}: silent for a sync interval") for p in silent]
         return [*gone, Serve()]
+
+    def _settled(self, now: float) -> bool:
+        """The broker has been up SETTLE s (and its bridges): its retained presences are complete."""
+        since = self._broker_since
+        if since is not None and self._bridged_since is not None:
+            since = max(since, self._bridged_since)
+        settled = self.fresh or (since is not None and now >= since + self.settle)
+        return settled and all(self._bridges.values())  # cut off from another site: out of reach

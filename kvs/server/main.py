@@ -38,6 +38,7 @@ from kvs.mqtt.broker import Address, BrokerAuth, EmbeddedBroker, private_passwor
 from kvs.mqtt.session import opener
 from kvs.net.tls import ServerTls
 from kvs.replication.adapter import Replicator
+from kvs.replication.horizon import Horizon
 from kvs.replication.sync import Sync
 from kvs.server.settings import Settings, parse_args
 from kvs.service.kvstore import SERVICE_NAME, KeyValueStore, add_to_server
@@ -207,7 +208,13 @@ async def serve(settings: Settings) -> int:
         quota = _quota(settings, metrics)
         replicator = Replicator(
             store,
-            Sync(settings.node_id, settings.sync_interval, epoch=now_ms(), fresh=fresh),
+            Sync(
+                settings.node_id,
+                settings.sync_interval,
+                epoch=now_ms(),
+                fresh=fresh,
+                horizon=Horizon(settings.tombstone_ttl_ms or 0),
+            ),
             settings.cluster,
             settings.cluster_key,
             opener(brokers, auth),
@@ -268,7 +275,7 @@ def _quota(settings: Settings, metrics: Metrics | None) -> Quota:
 
 
 def _upkeep(settings: Settings, store: ReplicatedStore, quota: Quota, metrics: Metrics | None) -> Upkeep:
-    retention = Retention(settings.keep_versions, settings.retention_ms)
+    retention = Retention(settings.keep_versions, settings.retention_ms, settings.tombstone_ttl_ms)
     log.info("retention: %s", retention)
     return Upkeep(store, now_ms, quota, retention, metrics)
 

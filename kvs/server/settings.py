@@ -50,6 +50,7 @@ class Settings:
     quota_bytes: int | None = None  # --quota-bytes; None: the default (kvs.server.main.default_quota)
     keep_versions: int | None = None  # --keep-versions: None keeps every version
     retention_ms: int | None = None  # --retention: None keeps versions however old
+    tombstone_ttl_ms: int | None = None  # --tombstone-ttl: None keeps the floors of deleted keys for ever
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,7 +79,8 @@ def _count(text: str) -> int:
 
 
 def _growth_flags(parser: argparse.ArgumentParser) -> None:
-    """--quota-bytes, --keep-versions, --retention (docs/operations.md, "Growth over time")."""
+    """The flags of docs/operations.md, "Growth over time": --quota-bytes, --keep-versions, --retention,
+    --tombstone-ttl."""
     growth = parser.add_argument_group("growth over time (docs/operations.md)")
     growth.add_argument(
         "--quota-bytes",
@@ -98,6 +100,13 @@ def _growth_flags(parser: argparse.ArgumentParser) -> None:
         type=_typed(parse_duration),
         metavar="DURATION",
         help="drop versions older than DURATION (90s, 15m, 24h, 7d); a key's newest stays (off)",
+    )
+    growth.add_argument(
+        "--tombstone-ttl",
+        type=_typed(parse_duration),
+        metavar="DURATION",
+        help="forget the floor of a deleted key once older than DURATION; a server out of touch longer"
+        " drops what only it holds of that age when it returns (off: kept for ever)",
     )
 
 
@@ -219,6 +228,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         quota_bytes=args.quota_bytes,
         keep_versions=args.keep_versions,
         retention_ms=args.retention,
+        tombstone_ttl_ms=args.tombstone_ttl,
     )
 
 

@@ -304,8 +304,8 @@ class Slices:
         self._budget = self._rows
         self._since = self._clock()
 
-    async def join(self, fragments: Iterable[Fragment]) -> None:
-        """`store.join(fragments)`, in slices (see `join_in_slices`)."""
+    async def join(self, fragments: Iterable[Fragment], late: Version = 0) -> None:
+        """`store.join(fragments, late)`, in slices (see `join_in_slices`)."""
         store = self._store
         batch: list[Fragment] = []
         for fragment in fragments:
@@ -314,7 +314,7 @@ class Slices:
                     self._budget -= dropped
                     if self._budget > 0:
                         break  # fewer than asked: none left below the floor
-                    self._join(batch)
+                    self._join(batch, late)
                     batch = []
                     await self.pause()
             versions = fragment.versions
@@ -326,16 +326,16 @@ class Slices:
                 floor = 0  # raised by the first piece already
                 self._budget -= len(piece) + 1
                 if self.due():
-                    self._join(batch)
+                    self._join(batch, late)
                     batch = []
                     await self.pause()
                 if not versions:
                     break
-        self._join(batch)
+        self._join(batch, late)
 
-    def _join(self, batch: list[Fragment]) -> None:
+    def _join(self, batch: list[Fragment], late: Version) -> None:
         if batch:
-            self._store.join(batch)
+            self._store.join(batch, late)
 
 
 async def join_in_slices(store: Store, fragments: Iterable[Fragment], rows: int = SLICE_ROWS) -> None:
@@ -346,3 +346,35 @@ async def join_in_slices(store: Store, fragments: Iterable[Fragment], rows: int 
     a floor before raising it is part of what raising it does.
     """
     await Slices(store, time.monotonic, rows, step_seconds=float("inf")).join(fragments)
+
+
+async def purge_in_slices(store: Store, cut: Version, rows: int = SLICE_ROWS) -> int:
+    """Forgets every floor below `cut` (`Store.purge_page`), a slice at a time; returns how many."""
+    after: str | None = ""
+    purged = 0
+    while after is not None:
+        after, count = store.purge_page(cut, after, rows)
+        purged += count
+        await _pause()
+    return purged
+
+
+async def set_aside_in_slices(store: Store, cut: Version, rows: int = SLICE_ROWS) -> int:
+    """Moves every version older than `cut` aside (`Store.set_aside`), a slice at a time; returns how many."""
+    after: str | None = ""
+    moved = 0
+    while after is not None:
+        after, count = store.set_aside(cut, after, rows)
+        moved += count
+        await _pause()
+    return moved
+
+
+async def settle_in_slices(store: Store, restore: bool, rows: int = SLICE_ROWS) -> int:
+    """Empties the versions set aside (`Store.settle_doubt`), a slice at a time; returns how many were
+    dropped that the store does not hold now (0 when `restore`d)."""
+    lost = 0
+    while (taken := store.settle_doubt(restore, rows))[0]:
+        lost += taken[1]
+        await _pause()
+    return lost

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from kvs.errors import QuotaExceeded
-from kvs.service.replicated import ReplicatedStore
-from kvs.storage.store import Clock
+from kvs.service.replicated import ReplicatedStore, purge_in_slices
+from kvs.storage.store import Clock, tombstone_cut
 from kvs.units import format_duration, format_size
 
 log = logging.getLogger(__name__)
@@ -88,10 +88,12 @@ class Quota:
 
 @dataclass(frozen=True)
 class Retention:
-    """What each key keeps: at most `keep` versions; none older than `age_ms` but its newest."""
+    """What each key keeps: at most `keep` versions; none older than `age_ms` but its newest; and the
+    floor of a deleted key until it is `tombstone_ms` old."""
 
     keep: int | None = None
     age_ms: int | None = None
+    tombstone_ms: int | None = None
 
     def __bool__(self) -> bool:
         return self.keep is not None or self.age_ms is not None
@@ -99,11 +101,17 @@ class Retention:
     def __str__(self) -> str:
         parts = [f"--keep-versions {self.keep}"] if self.keep else []
         parts += [f"--retention {format_duration(self.age_ms)}"] if self.age_ms else []
+        parts += [f"--tombstone-ttl {format_duration(self.tombstone_ms)}"] if self.tombstone_ms else []
         return ", ".join(parts) or "off"
+
+    def tombstone_cut(self, now_ms: int) -> int:
+        """The floors of deleted keys below this are forgotten now (0: never): `tombstone_cut`."""
+        return tombstone_cut(now_ms, self.tombstone_ms) if self.tombstone_ms else 0
 
 
 class RetentionReport(Protocol):
     def retention_dropped(self, versions: int) -> None: ...
+    def tombstones_purged(self, floors: int) -> None: ...
 
 
 class Upkeep:
@@ -125,6 +133,7 @@ class Upkeep:
         self._task: asyncio.Task[None] | None = None
         self.sweeps = 0
         """Retention sweeps completed (tests wait for them)."""
+        self._purged_to = 0  # the tombstone cut of the last purge
 
     def start(self) -> None:
         self.quota.check(self._store.store.size)
@@ -147,6 +156,7 @@ class Upkeep:
         while True:
             try:
                 self.quota.check(self._store.store.size)
+                await self._purge()
                 await self._give_back()
                 if self.retention and time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + RETENTION_EVERY
@@ -168,6 +178,15 @@ class Upkeep:
         if dropped and self._report is not None:
             self._report.retention_dropped(dropped)
         return dropped
+
+    async def _purge(self) -> None:
+        """--tombstone-ttl: once the cut moves to the next grid step, forgets the tombstones below it."""
+        cut = self.retention.tombstone_cut(self._clock())
+        if cut > self._purged_to:
+            self._purged_to = cut
+            purged = await purge_in_slices(self._store.store, cut)
+            if purged and self._report is not None:
+                self._report.tombstones_purged(purged)
 
     async def _give_back(self) -> None:
         """With --data-dir: free pages beyond VACUUM_FROM go back to the file system, a step at a time."""

@@ -128,6 +128,25 @@ def _upper(at: Version | None) -> Version:
     return at if at is not None and at > 0 else INT64_MAX
 
 
+PURGE_GRID_MAX: Final = 30_000
+"""ms: tombstones are forgotten a grid step at a time (`tombstone_cut`); kvs.service.upkeep looks every
+second, so a floor is forgotten at most 31 s (and a sweep) after it passes the horizon."""
+
+
+def purge_grid(ttl_ms: int) -> int:
+    """The grid of `tombstone_cut`: half the TTL, between 1 s and PURGE_GRID_MAX."""
+    return min(PURGE_GRID_MAX, max(1_000, ttl_ms // 2))
+
+
+def tombstone_cut(now_ms: Version, ttl_ms: int) -> Version:
+    """With --tombstone-ttl `ttl_ms`, the floors of deleted keys below this are forgotten at `now_ms`:
+    the horizon (`now_ms - ttl_ms`) rounded down to the grid (`purge_grid`). Every server forgets a grid
+    step's worth at once, at the same moment by its own clock, and kvs.replication.horizon compares no
+    digests around those moments (docs/replication.md, "Tombstones")."""
+    grid = purge_grid(ttl_ms)
+    return (now_ms - ttl_ms) // grid * grid
+
+
 def bucket_of(key: str) -> int:
     """The digest bucket of a key: the same on every replica and every run."""
     return zlib.crc32(key.encode()) % BUCKETS
@@ -146,6 +165,14 @@ CREATE TABLE IF NOT EXISTS versions (
 CREATE TABLE IF NOT EXISTS floors (
     key TEXT PRIMARY KEY,
     floor INTEGER NOT NULL
+) WITHOUT ROWID;
+-- Versions set aside by a server back from an absence past --tombstone-ttl (kvs.replication.horizon):
+-- not served, not hashed, not sent; what no peer holds is dropped once the peers have answered.
+CREATE TABLE IF NOT EXISTS doubt (
+    key TEXT NOT NULL,
+    ver INTEGER NOT NULL,
+    val TEXT NOT NULL,
+    PRIMARY KEY (key, ver)
 ) WITHOUT ROWID;
 """
 
@@ -207,10 +234,11 @@ _NEWEST_AND_FLOOR = (
     "SELECT ver, val, (SELECT floor FROM floors WHERE key = ?1) FROM versions WHERE key = ?1"
     " ORDER BY ver DESC LIMIT 1"
 )
-# Adds a version unless it is below the key's floor or the version is taken.
+# Adds a version unless it is below the key's floor or below ?4 (a late version, older than the
+# tombstone horizon), or the version is taken.
 _ADD = """
 INSERT INTO versions (key, ver, val)
-SELECT ?1, ?2, ?3 WHERE ?2 >= coalesce((SELECT floor FROM floors WHERE key = ?1), 0)
+SELECT ?1, ?2, ?3 WHERE ?2 >= max(coalesce((SELECT floor FROM floors WHERE key = ?1), 0), ?4)
 ON CONFLICT (key, ver) DO NOTHING
 """
 _VALUE = "SELECT val FROM versions WHERE key = ? AND ver = ?"
@@ -260,6 +288,21 @@ _COMMITS_ROW: Final = -1
 (kvs.storage.datadir compares it with the count the server recorded: a cut write-ahead log)."""
 _SIZE_ROW: Final = -2
 """The digest table's row that holds `Store.size` as of the last commit (on the digest's page too)."""
+# Floors after ?1, at most ?2 (`Store.purge_page`).
+_FLOORS_PAGE = "SELECT key, floor FROM floors WHERE key > ?1 ORDER BY key LIMIT ?2"
+_DROP_FLOOR = "DELETE FROM floors WHERE key = ?"
+# Versions older than ?1 of keys from ?2 on, at most ?3, moved aside (`Store.set_aside`).
+_ASIDE = """
+DELETE FROM versions WHERE (key, ver) IN
+    (SELECT key, ver FROM versions WHERE ver < ?1 AND key >= ?2 ORDER BY key, ver LIMIT ?3)
+RETURNING key, ver, val
+"""
+_TO_DOUBT = "INSERT OR IGNORE INTO doubt (key, ver, val) VALUES (?, ?, ?)"
+_FROM_DOUBT = (
+    "DELETE FROM doubt WHERE (key, ver) IN (SELECT key, ver FROM doubt LIMIT ?) RETURNING key, ver, val"
+)
+_TOUCH_ROW: Final = -3
+"""The digest table's row that holds when this server was last in touch with its cluster (ms)."""
 _ALL_ROWS = "SELECT 'f', key, floor, '' FROM floors UNION ALL SELECT 'v', key, ver, val FROM versions"
 
 _HASH_HEADER = struct.Struct("<cIq")  # kind (b"v" version, b"f" floor), key length, version
@@ -288,6 +331,8 @@ class Store:
         self.keep_versions = keep_versions
         self.floor_drops = 0
         """Versions floor raises have dropped so far (a counter; `drop_below`'s are not in it)."""
+        self.touched = 0
+        """When this server was last in touch with its cluster, in ms (0: unknown); saved in a file."""
         # One connection, used by one thread at a time (see kvs.server).
         self._db = sqlite3.connect(path or ":memory:", isolation_level=None, check_same_thread=False)
         self._vacuums = False
@@ -305,6 +350,8 @@ class Store:
         saved = self._db.execute("SELECT bucket, hash FROM digest WHERE bucket >= 0").fetchall()
         count = self._db.execute("SELECT hash FROM digest WHERE bucket = ?", (_COMMITS_ROW,)).fetchone()
         self.commits = 0 if count is None else int(count[0])
+        touched = self._db.execute("SELECT hash FROM digest WHERE bucket = ?", (_TOUCH_ROW,)).fetchone()
+        self.touched = 0 if touched is None else int(touched[0])
         if len(saved) == BUCKETS:
             for bucket, value in saved:
                 self._digest[bucket] = value % 2**64
@@ -455,6 +502,62 @@ class Store:
         self._db.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
         return True
 
+    def purge_page(self, cut: Version, after: str, limit: int) -> tuple[str | None, int]:
+        """Forgets the floors below `cut` among at most `limit` floors after `after`, by key: returns the
+        last key looked at (None: no floor left) and how many went. --tombstone-ttl (kvs.service.upkeep):
+        a deleted key's floor (a tombstone), and a floor under a key's versions too, which nothing needs
+        past the horizon either (kvs.replication.horizon drops late versions older than it) and which
+        would otherwise differ between servers if the key was written again while one of them had
+        forgotten its tombstone and another not yet. Not a fragment: every server forgets by its clock."""
+        rows = self._db.execute(_FLOORS_PAGE, (after, limit)).fetchall()
+        if not rows:
+            return None, 0
+        purged = 0
+        with self._transaction():
+            for key, floor in rows:
+                if floor < cut:
+                    self._db.execute(_DROP_FLOOR, (key,))
+                    self._toggle(b"f", key, floor, "", -1)
+                    purged += 1
+        return rows[-1][0], purged
+
+    def touch(self, ms: Version) -> None:
+        """Records that this server is in touch with its cluster at `ms` (saved, in a file)."""
+        self.touched = ms
+        if self.path is not None:
+            with self._transaction():
+                self._db.execute(_SAVE_DIGEST, (_TOUCH_ROW, ms))
+
+    def set_aside(self, cut: Version, after: str, limit: int) -> tuple[str | None, int]:
+        """Moves at most `limit` versions older than `cut`, of keys from `after` on, out of the store
+        into the doubt table (not read, hashed nor sent); returns the last key moved (None: none
+        left) and how many moved. kvs.replication.horizon: a server back from a long absence."""
+        with self._transaction():
+            rows = self._db.execute(_ASIDE, (cut, after, limit)).fetchall()
+            for key, ver, val in rows:
+                self._db.execute(_TO_DOUBT, (key, ver, val))
+                self._toggle(b"v", key, ver, val, -1)
+        return (max(key for key, _, _ in rows) if rows else None), len(rows)
+
+    def settle_doubt(self, restore: bool, limit: int) -> tuple[int, int]:
+        """Empties at most `limit` rows of the doubt table: joined back into the store (`restore`),
+        else dropped. Returns (rows taken, of those dropped the ones the store does not hold now:
+        versions no peer sent back); (0, 0) once the table is empty."""
+        with self._transaction():
+            rows = self._db.execute(_FROM_DOUBT, (limit,)).fetchall()
+            lost = 0
+            for key, ver, val in rows:
+                if restore:
+                    self._add(key, ver, val)
+                elif self._db.execute(_VALUE, (key, ver)).fetchone() is None:
+                    lost += 1
+        return len(rows), lost
+
+    def in_doubt(self) -> int:
+        """How many versions are set aside (see `set_aside`)."""
+        count: int = self._db.execute("SELECT count(*) FROM doubt").fetchone()[0]
+        return count
+
     # Writes ----------------------------------------------------------------
 
     def put(self, key: str, val: str) -> tuple[Written, Fragment]:
@@ -535,14 +638,16 @@ class Store:
             raised = self._raise_floor(key, newest.ver)
         return newest, Fragment(key, floor=newest.ver) if raised else None
 
-    def join(self, fragments: Iterable[Fragment]) -> None:
-        """Merge state from a peer: raise floors, add versions at or above them."""
+    def join(self, fragments: Iterable[Fragment], late: Version = 0) -> None:
+        """Merge state from a peer: raise floors, add versions at or above them. `late`: a version
+        below it is dropped (a late message's: its key may have been deleted since and its floor
+        forgotten, kvs.replication.horizon)."""
         with self._transaction():
             for fragment in fragments:
                 if fragment.floor > 0:
                     self._raise_floor(fragment.key, fragment.floor)
                 for ver, val in fragment.versions:
-                    self._add(fragment.key, ver, val)
+                    self._add(fragment.key, ver, val, late)
                 if self.keep_versions and fragment.versions:
                     self._keep_floor(fragment.key)
 
@@ -637,8 +742,8 @@ class Store:
         row = self._db.execute(_FLOOR, (key,)).fetchone()
         return 0 if row is None else int(row[0])
 
-    def _add(self, key: str, ver: Version, val: str) -> None:
-        if self._db.execute(_ADD, (key, ver, val)).rowcount == 1:
+    def _add(self, key: str, ver: Version, val: str, late: Version = 0) -> None:
+        if self._db.execute(_ADD, (key, ver, val, late)).rowcount == 1:
             self._toggle(b"v", key, ver, val, 1)
             return
         # Below the floor (nothing stored), or the version is taken: the greater value wins.

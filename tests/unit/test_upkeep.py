@@ -18,6 +18,10 @@ class Report:
     def __init__(self) -> None:
         self.over: list[bool] = []
         self.dropped = 0
+        self.purged = 0
+
+    def tombstones_purged(self, floors: int) -> None:
+        self.purged += floors
 
     def over_quota(self, over: bool) -> None:
         self.over.append(over)
