@@ -10,11 +10,12 @@ then on, only two things could bring the key back, and both are stopped here:
   keys deleted and forgotten meanwhile: any of its versions older than the horizon is in doubt.
   When it notices (at its next connection, or a tick that finds its last touch that old), it sets
   them aside (`SetAside`: not served, hashed, sent or resent) and asks every peer for its whole
-  state. Once every peer it asked has answered completely (or left, if one of them answered), what
-  they hold is back in its store and the rest is dropped (`Settle`), said in one log line with how
-  many. A server that finds no peer at all once the broker has settled (the first of a cluster
-  restarted after a long stop) keeps them: nobody can have deleted anything it has not seen. One
-  whose peers all left before answering waits for the next peer that comes.
+  state. Once every peer it asked has answered completely (or left, or stayed silent for a sync
+  interval, if one of them answered), what they hold is back in its store and the rest is dropped
+  (`Settle`), said in one log line with how many. A server that finds no peer at all once the
+  broker has settled (the first of a cluster restarted after a long stop) keeps them: nobody can
+  have deleted anything it has not seen. One whose peers all left before answering waits for the
+  next peer that comes.
 - A late message: a batch carries writes as they are accepted, so a version in it older than the
   horizon was delayed that long (a server cut off published it to its queue): it is dropped, floor
   or no floor here (the floor it would need may be forgotten, and the late batch may carry an older
