@@ -13,7 +13,9 @@ as measured on the real brokers where its source left a doubt:
   its retain flag (retain as published), never back over the bridge it came by.
   Order is kept on the link.
 - On connecting: `$SYS/broker/connection/<bridge>/state` "1", retained, on both
-  brokers; then the retained messages under the prefix cross both ways (the
+  brokers; a link's delay later it has subscribed (measured: Mosquitto sends the
+  notification before its subscription, and what is published meanwhile does not
+  cross); then the retained messages under the prefix cross both ways (the
   retained presences, stale ones included); then what the local broker queued
   for the bridge while it was down. Only with `cleansession false`, and only
   on the local side: over MQTT 5 the remote does not keep the bridge's session
@@ -65,6 +67,7 @@ class SimBridge:
         self.cluster, self.name, self.local, self.remote, self.clean = cluster, name, local, remote, clean
         self.topic = f"$SYS/broker/connection/{name}/state"
         self.up = False
+        self.connecting = False  # said it is up, not subscribed yet
         self.cut = False
         self.connections: list[float] = []  # when it connected, each time
         self.on_connect: list[Callable[[SimBridge], None]] = []
@@ -80,7 +83,7 @@ class SimBridge:
     def set_cut(self, cut: bool) -> None:
         """Cuts the bridge's link (it drops at once), or lets it through again."""
         self.cut = cut
-        if cut and self.up:
+        if cut and (self.up or self.connecting):
             self._down()
 
     def _try_forever(self) -> None:
@@ -88,14 +91,24 @@ class SimBridge:
         self.cluster.after(RESTART, self._try_forever)
 
     def _attempt(self) -> None:
-        if not self.up and not self.cut and self.local.up and self.remote.up:
+        if not self.up and not self.connecting and not self.cut and self.local.up and self.remote.up:
             self._connect()
 
     def _connect(self) -> None:
-        self.up, self._generation = True, self._generation + 1
-        self.connections.append(self.cluster.now)
+        """Says it is up, then subscribes a link's delay later (Mosquitto sends its notification
+        before its subscription: measured, a request sent on the word went nowhere)."""
+        self.connecting, self._generation = True, self._generation + 1
         for broker in (self.remote, self.local):
             broker.carry(self, self.topic, b"1", retain=True)
+        generation = self._generation
+        self.cluster.after(LINK, lambda: self._subscribed(generation))
+
+    def _subscribed(self, generation: int) -> None:
+        self.connecting = False
+        if generation != self._generation or self.cut or not (self.local.up and self.remote.up):
+            return  # broken meanwhile (its "0" follows from whatever broke it)
+        self.up = True
+        self.connections.append(self.cluster.now)
         for source, target in ((self.remote, self.local), (self.local, self.remote)):
             for topic, payload in list(source.retained.items()):
                 if topic.startswith(PREFIX):
@@ -107,7 +120,8 @@ class SimBridge:
             listener(self)
 
     def _down(self) -> None:
-        self.up = False
+        self.up = self.connecting = False
+        self._generation += 1
         for broker in (self.local, self.remote):
             if broker.up:
                 broker.carry(self, self.topic, b"0", retain=True)
@@ -135,7 +149,7 @@ class SimBridge:
     def broker_stopped(self, broker: Broker) -> None:
         if broker is self.local:
             self._queue.clear()
-        if self.up:
+        if self.up or self.connecting:
             self._down()
 
     def broker_started(self, broker: Broker) -> None:

@@ -42,7 +42,7 @@ class Peer:
     asked_at: float = 0.0
     asked_since: int = 0  # what the outstanding request asked for (see Digest.since)
     again: int | None = None  # ask again once answered, since this batch (0: the differing buckets)
-    reasked: int = 0  # times the request outstanding was asked again as the peer was heard again
+    reasked: int = 0  # times the request outstanding was asked again as the way to the peer opened again
     incoming: tuple[int, int] = (0, 0)  # the transfer id being received, and parts received
     sending: bool = False  # a transfer to it is in flight
     pending: Digest | None = None  # a request that came while sending

@@ -27,11 +27,11 @@ over many schedules (tests/sim.py). The rules, at length in docs/replication.md:
 - A bucket that differs the same way in two periodic digests in a row is
   repaired, both ways, by the peer with the smaller id.
 - One transfer to a peer in flight at a time; a request meanwhile waits.
-- A peer's presence heard again, live, after half an interval without a word from it (it
-  reconnected, or a bridge to its site came back and
-  carried it across), opens the way to it again: a request to it still unanswered, which may
-  have gone nowhere, is asked again at once (up to REASKS times per request: a retained presence
-  may cross a bridge before the way to its server is open; docs/sites.md).
+- The way to a peer opens again when its presence is heard, live, after half an interval without
+  a word from it (it reconnected), or when a live message of it comes after one of the broker's
+  bridges came up since we asked it (a bridge to its site came back): a request to it still
+  unanswered, which may have gone nowhere, is asked again at once (up to REASKS times per request;
+  docs/sites.md).
 """
 
 from __future__ import annotations
@@ -243,6 +243,18 @@ class Sync:
             if retained:
                 return []  # a retained copy of a presence already seen: comes on every subscription
             return [Note(f"dropped a replayed message from {origin}", drop="replayed")]
+        if (
+            not retained
+            and said is not None
+            and isinstance(body, Presence)
+            and now - said > self.interval / 2
+        ):
+            return self._heard_again(origin, now, ours)  # live after a gap no presence of it fills
+        actions = self._taken(message, now, ours, wall_ms)
+        return actions if retained else actions + self._crossed(origin, now, ours)
+
+    def _taken(self, message: Message, now: float, ours: Digests, wall_ms: int) -> list[Action]:
+        origin, body = message.origin, message.body
         if isinstance(body, Batch):
             late = self.horizon.late(wall_ms)
             apply = Apply(origin, body.fragments, True, message.sent_ms, message.size, late)
@@ -252,9 +264,18 @@ class Sync:
             return self._digest(origin, body, now, ours, comparable)
         if isinstance(body, Transfer):
             return self._transfer(origin, body, now, ours, self.horizon.late(wall_ms, message.sent_ms, False))
-        if not retained and said is not None and now - said > self.interval / 2:
-            return self._heard_again(origin, now, ours)  # live after a gap no presence of it fills
         return self._present(origin, now, ours)
+
+    def _crossed(self, origin: str, now: float, ours: Digests) -> list[Action]:
+        """A live message of `origin` since a bridge came up that was down when we asked it: the way is
+        open now (a bridge says it is up a moment before it subscribes, so what we asked when it said so
+        may still have gone nowhere), and the request is asked again."""
+        peer, bridged = self.peers[origin], self._bridged_since
+        if bridged is None or not peer.asked or peer.asked_at >= bridged:
+            return []
+        if not (again := self._ask_again(origin, now, ours)):
+            return []
+        return [Note(f"a bridge came up since {origin} was asked: asking it again"), *again]
 
     def _present(self, origin: str, now: float, ours: Digests) -> list[Action]:
         peer = self.peers[origin]
@@ -274,6 +295,13 @@ class Sync:
 
     def _heard_again(self, origin: str, now: float, ours: Digests) -> list[Action]:
         """A known peer's presence, live: a request to it still unanswered is asked again (REASKS at most)."""
+        if not (actions := self._ask_again(origin, now, ours)):
+            return self._present(origin, now, ours)
+        return [Note(f"peer {origin} heard again: asking it again"), *actions]
+
+    def _ask_again(self, origin: str, now: float, ours: Digests) -> list[Action]:
+        """The way to `origin` has just opened: a request to it still unanswered, which may have gone
+        nowhere, is asked again (REASKS times at most)."""
         peer = self.peers[origin]
         if (
             not peer.present
@@ -282,13 +310,13 @@ class Sync:
             or not self._echoed
             or not self.connected
         ):
-            return self._present(origin, now, ours)
+            return []
         reasked = peer.reasked
         since = peer.reask()
         doubt = self.horizon.doubt  # in doubt: the whole state again (kvs/replication/horizon.py)
         actions = self._ask(origin, now, EVERYTHING, 0) if doubt else self._ask(origin, now, ours, since)
         peer.reasked = reasked + 1
-        return [Note(f"peer {origin} heard again: asking it again"), *actions]
+        return actions
 
     def _left(self, message: Message, now: float) -> list[Action]:
         if not self.peers.left(message.origin, message.epoch):  # no longer waited for: not asked

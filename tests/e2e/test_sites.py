@@ -4,6 +4,7 @@ delays and stalls them."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 
@@ -172,11 +173,15 @@ def everywhere_after(
     def everywhere() -> bool:
         return all(s.status().keys >= len(acknowledged) + extra for s in servers)
 
-    wait_for(
-        "every acknowledged write on every server",
-        everywhere,
-        timeout=max(0.0, since + bound - time.monotonic()),
-    )
+    try:
+        wait_for(
+            "every acknowledged write on every server",
+            everywhere,
+            timeout=max(0.0, since + bound - time.monotonic()),
+        )
+    except AssertionError as timeout:
+        counts = ", ".join(f"{s.name} {s.status().keys}" for s in servers)
+        raise AssertionError(f"{timeout}; keys held: {counts} of {len(acknowledged) + extra}") from None
     took = time.monotonic() - since
     held = {fragment.key for fragment in converged(servers)}
     lost = [key for key in acknowledged if key not in held]
@@ -215,10 +220,13 @@ def test_a_hub_restarted_empty_with_cleansession_true_asks_again_once_the_bridge
 ) -> None:
     """cleansession true on the bridges. The hub restarts empty under writes on a and b, and its
     server reconnects to it before the bridges do (their links held cut meanwhile): it asks a's and
-    b's servers for what it missed into a void. Once the bridges are back, their presences cross and
-    it asks again at once: every write is everywhere within 10 s of the bridges reconnecting (SPEC 8).
-    Before, it waited for the retry two sync intervals after asking: 12.9 to 14.6 s with the default
-    5 s interval; with the 8 s here, 16 s or more, so that the bound tells the two apart."""
+    b's servers for what it missed into a void. Once a bridge is back, the first live message of a
+    peer beyond it says the way is open, and it asks that peer again at once: every write is
+    everywhere within 10 s of the bridges reconnecting (SPEC 8). Before, it waited for the retry two
+    sync intervals after asking: 12.9 to 14.6 s with the default 5 s interval; with the 8 s here,
+    16 s or more, so that the bound tells the two apart. The cut is short (about a second and a
+    half): the peers' presences come back with no gap to tell, and the rule of a presence heard
+    again after a gap alone failed this test 5 runs of 5."""
     hub, spokes = star(processes, clean=True)
     links = [spoke.links["hub"] for spoke in spokes]
     try:
@@ -246,7 +254,7 @@ def test_a_hub_restarted_empty_with_cleansession_true_asks_again_once_the_bridge
             on_b.wait_for(20)
         acknowledged = {**on_a.acknowledged, **on_b.acknowledged}
         everywhere_after([s1, s2, s3], acknowledged, healed, extra=2, bound=10)  # SPEC 8
-        assert "heard again: asking it again" in s3.log()
+        assert re.search(r"a bridge came up since s[12] was asked: asking it again", s3.log())
     finally:
         for spoke in spokes:
             spoke.stop_links()

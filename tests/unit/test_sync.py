@@ -395,6 +395,32 @@ def test_a_request_asked_into_a_void_is_asked_again_when_the_peer_is_heard_again
     assert sent_requests(sync.message(presence, 13.3, ZERO)) == []  # answered: nothing to ask
 
 
+def test_a_request_asked_into_a_void_is_asked_again_once_a_bridge_that_came_up_carries_the_peer() -> None:
+    """The same hub, cut for less than half an interval, so that s2's presence comes back with no gap
+    to tell (found in CI: the retry came two intervals later). The bridge says it is up a moment
+    before it subscribes (measured: a request sent on that word still went nowhere); the first live
+    message of s2 after it, crossing that bridge, says the way is open: asked again, once."""
+    sync, s2 = Sync("s1", interval=8.0), Peer("s2")
+    joined(sync, s2)
+    answer(sync, s2, sync.peers["s2"].asked, 0.5)
+    sync.message(s2.says(Batch((), seq=1)), 10.0, ZERO)
+    sync.disconnected(10.2)
+    sync.connected_to_broker(10.8)
+    sync.broker_uptime(0, 10.8)
+    sync.subscribed(10.8)
+    [(_, void)] = sent_requests(sync.own_presence(10.9, ZERO))
+    assert sent_requests(sync.bridge("kvs-a-to-hub", True, False, 11.4)) == []  # not subscribed yet
+    [(route, again)] = sent_requests(sync.message(s2.says(Batch((), seq=2)), 11.5, ZERO))
+    assert (route, again.since) == ("s2", void.since) == ("s2", 2)
+    assert again.request > void.request
+    assert sent_requests(sync.message(s2.says(Batch((), seq=3)), 11.6, ZERO)) == []  # asked since
+    sync.bridge("kvs-b-to-hub", True, True, 11.7)  # retained: no news
+    assert sent_requests(sync.message(s2.says(Batch((), seq=4)), 11.8, ZERO)) == []
+    answer(sync, s2, sync.peers["s2"].asked, 12.0)
+    sync.bridge("kvs-b-to-hub", True, False, 13.0)
+    assert sent_requests(sync.message(s2.says(Batch((), seq=5)), 13.1, ZERO)) == []  # nothing unanswered
+
+
 # Replays at any time (docs/security.md, "Replays and clocks"): judged by the sender's clock, with no
 # memory of earlier runs. The core's clock in these tests is its epoch plus `now` (ms).
 
