@@ -22,9 +22,10 @@ first from another process (scripts/bench_stall.py): a PutAll of 200,000 new
 keys, a GetRange and a DelRange over them, a Trim of a key with a long history;
 each until every server has applied it; then while a joiner takes a transfer of
 1,000,000 keys (the sender's Get and the joiner's health check). It reports the
-worst latency and the p99 per server, the control (Gets alone) in every round,
-and with --loop-cpu the longest turn of each server's loop in CPU ms
-(scripts/bench_loop_cpu.py).
+worst latency and the p99 per server, next to a bare gRPC echo server polled the
+same way through the same calls (the ceiling: what this machine gives any server
+under that load), the control (Gets alone) in every round, and with --loop-cpu
+the longest turn of each server's loop in CPU ms (scripts/bench_loop_cpu.py).
 
 The sites part (docs/sites.md) starts two mosquittos of its own, on 127.0.0.2 and
 127.0.0.3, b's bridged to a's through a proxy (kvs/local/linkproxy.py), and
@@ -103,6 +104,8 @@ TRANSFER_KEYS = 1_000_000
 POLL_EVERY = 0.020
 STALL_SERVERS = ("s1", "s2")
 """The stall part's servers: the one that takes the big calls, and its peer, which applies them."""
+STALL_POLLED = (*STALL_SERVERS, "echo")
+"""...and the ceiling: a bare gRPC echo server polled the same way through the same calls."""
 STALL_CALLS = ("idle", "putall", "getrange", "delrange", "trim", "transfer")
 SOAK_KEYS = 5_000
 SOAK_SECONDS = 300.0
@@ -169,6 +172,7 @@ class Bench:
         self.loop_cpu = loop_cpu  # the stall part's servers run under scripts/bench_loop_cpu.py
         self.transfer_dir: Path | None = None  # the stall part's sender's --data-dir, once filled
         self.sender: LocalServer | None = None
+        self.stall_echo = ""  # the stall part's echo server, once started
         self.trim_versions = trim_versions
         self.seconds = seconds
         self.work = work
@@ -514,6 +518,9 @@ class Bench:
         s1 = servers[0]
         s1.stub.Put(pb.KeyValueRequest(key="polled", val="v"))
         wait_for("the polled key on every server", lambda: all(_has(s, "polled") for s in servers), 60)
+        # The ceiling: what the same polling gets from a server with nothing to do but answer, while
+        # the same call loads the machine (its Get answers "" for every key, as kvs's does).
+        self.stall_echo = self._echo("uvloop")
         calls = (
             ("putall", ["putall", str(STALL_KEYS), "s"]),
             ("getrange", ["getrange", "s"]),
@@ -544,17 +551,19 @@ class Bench:
         --loop-cpu the longest turn of each server's loop."""
         since = _asctime()
         pollers = [Poller(address(server)) for server in servers]
+        echo = Poller(self.stall_echo)
         run()
         if marker:
             _converged(servers, marker)
         for tag, server, poller in zip(STALL_SERVERS, servers, pollers, strict=True):
             self._polled(f"stall_{name}", tag, server, poller, since)
+        self._polled(f"stall_{name}", "echo", None, echo, since)
 
-    def _polled(self, name: str, tag: str, server: LocalServer, poller: Poller, since: str) -> None:
+    def _polled(self, name: str, tag: str, server: LocalServer | None, poller: Poller, since: str) -> None:
         worst, p99 = poller.stop()
         self.record(f"{name}_get_max.{tag}", "ms", worst)
         self.record(f"{name}_get_p99.{tag}", "ms", p99)
-        if self.loop_cpu:
+        if self.loop_cpu and server is not None:
             turn = bench_loop_cpu.longest_turn(server.log(), since, _asctime())
             self.record(f"{name}_turn_max.{tag}", "ms", turn)
 
@@ -580,6 +589,7 @@ class Bench:
         since = _asctime()
         polled = Poller(address(sender))
         joining = Poller(address(joiner), health=True)
+        echo = Poller(self.stall_echo)
         self.processes.append(joiner)
         start = time.monotonic()
         joiner.start()
@@ -588,6 +598,7 @@ class Bench:
         time.sleep(1)  # what follows SERVING (the caught-up log line, the first digests)
         self._polled("stall_transfer", "s1", sender, polled, since)  # the sender
         self._polled("stall_transfer", "s2", joiner, joining, since)  # the joiner
+        self._polled("stall_transfer", "echo", None, echo, since)
         joiner.stop()
 
     def disk(self) -> None:
@@ -851,15 +862,21 @@ COMPARISONS = [
     Comparison("60 s cut: everywhere", "sites_heal_everywhere", "", "<= 10 s", lambda r: True),
     Comparison("late joiner SERVING", "joiner_serving", "joiner_empty_serving", "<= 2 s", lambda r: True),
     *(
-        Comparison(
+        Comparison(  # a server's Get against the echo's through the same call (the echo: its control)
             f"{what} {call} {server}",
             f"stall_{call}_{figure}.{server}",
-            f"stall_idle_{figure}.{server}" if call != "idle" else "",
-            "< 250 ms" if figure == "get_max" else "",
+            ""
+            if figure == "turn_max"
+            else f"stall_{call}_{figure}.echo"
+            if server != "echo"
+            else f"stall_idle_{figure}.echo"
+            if call != "idle"
+            else "",
+            "< 250 ms" if figure == "get_max" and server != "echo" else "",
             lambda r: True,
         )
         for call in STALL_CALLS
-        for server in STALL_SERVERS
+        for server in STALL_POLLED
         for figure, what in (("get_max", "Get max"), ("get_p99", "Get p99"), ("turn_max", "turn CPU"))
     ),
     *(
