@@ -979,6 +979,20 @@ def report(bench: Bench) -> None:
     )
 
 
+AUTOGROUP = Path("/proc/sys/kernel/sched_autogroup_enabled")
+
+
+def scheduling() -> str:
+    """How this kernel shares the CPU, which decides the stall figures (docs/performance.md, "Stalls"):
+    with autogroup on, each session (each server here, like a terminal each) is one group, and a
+    light process of its own session may wait hundreds of ms behind a busy one of another."""
+    try:
+        on = AUTOGROUP.read_text().strip() == "1"
+    except OSError:
+        return "kernel: no autogroup scheduling"
+    return f"kernel: autogroup scheduling {'on' if on else 'off'} (sysctl kernel.sched_autogroup_enabled)"
+
+
 PARTS = ["throughput", "metrics", "auth", "lag", "joiner", "stalls", "disk", "sites", "restart", "soak"]
 DEFAULT_PARTS = PARTS[:-3]  # sites cuts a bridge for a minute; restart fills a million keys; soak: minutes
 ALONE = {"sites", "soak"}
@@ -1016,6 +1030,7 @@ def main() -> int:
         finally:
             bench.stop()
     report(bench)
+    print(scheduling())
     print(f"bench took {time.monotonic() - started:.0f} s")
     return 0
 
