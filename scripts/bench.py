@@ -40,7 +40,8 @@ printing memory (and the file's size) every few seconds and their slopes after t
 warm-up (scripts/bench_soak.py); then Put throughput with retention on against off, and
 the worst Get while retention drops a backlog of a million versions.
 
-Prints one `name=value` line per figure, then a table with ratios and targets.
+Prints one `name=value` line per figure, then a table with ratios and targets, then whether the
+kernel's autogroup scheduling was on (it decides the stall figures).
 """
 
 from __future__ import annotations
