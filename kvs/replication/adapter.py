@@ -44,7 +44,13 @@ from kvs.storage.store import Fragment, Store
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY: Final = 0.002
-"""Seconds between batches under load: at most 500 MQTT messages a second for writes."""
+"""Seconds between batches under load: at most 500 MQTT messages a second for writes..."""
+FLUSH_LOADED: Final = 0.005
+"""...or this while writes come at LOADED a second or more: at most 200 batches a second, each
+carrying more writes (what a batch costs the sender, the broker and every peer is shared by more)."""
+LOADED: Final = 2_000
+"""Writes (fragments) a second from which batches wait FLUSH_LOADED; below it, FLUSH_EVERY, so that
+replication lag at 1,000 writes a second stays that of the shorter wait (docs/performance.md)."""
 BACKLOG: Final = 1024 * 1024
 """Characters of keys and values received and not yet joined, at most: past it, reading from the
 broker waits (a transfer is joined part by part, in bounded memory whatever its size)."""
@@ -109,6 +115,7 @@ class Replicator:
         self._outbox: list[Fragment] = []
         self._flush_at: float | None = None  # when the next batch goes out (loop time)
         self._last_flush = 0.0
+        self._flush_wait = FLUSH_EVERY  # FLUSH_LOADED while the writes come fast (see _flush)
         self._batches = Outbox(core.next_batch_seq)
         self._work: deque[Action | _Decode] = deque()  # the core's actions, done in order by _work_forever
         self._decoding = 0  # large payloads waiting in self._work to be decoded
@@ -153,11 +160,12 @@ class Replicator:
 
     def publish(self, fragments: Sequence[Fragment]) -> None:
         """Queues mutations the store accepted for the next batch: at once after a quiet spell, and
-        at most one batch per FLUSH_EVERY under load (fewer, larger messages: docs/performance.md)."""
+        at most one batch per FLUSH_EVERY under load, or per FLUSH_LOADED from LOADED writes a second
+        on (fewer, larger messages: docs/performance.md)."""
         self._outbox.extend(fragments)
         if self._flush_at is not None:
             return
-        self._flush_at = max(self._loop.time(), self._last_flush + FLUSH_EVERY)
+        self._flush_at = max(self._loop.time(), self._last_flush + self._flush_wait)
         self._loop.call_at(self._flush_at, self._flush)
 
     async def stop(self) -> None:  # sends what is queued, says goodbye (a Presence down), disconnects
@@ -167,9 +175,11 @@ class Replicator:
         await self._session.stop((self._presence, self._codec.presence(up=False)))
 
     def _flush(self) -> None:
-        self._flush_at = None
-        self._last_flush = self._loop.time()
+        now = self._loop.time()
+        since, self._flush_at, self._last_flush = now - self._last_flush, None, now
         fragments, self._outbox = self._outbox, []
+        # The rate of the writes since the last batch sets the wait before the next one.
+        self._flush_wait = FLUSH_LOADED if len(fragments) >= LOADED * since else FLUSH_EVERY
         session = self._session
         for chunk, _ in weighed_chunks(fragments):
             seq, publish = self._batches.batch(session.writes_in_flight, session.connected)

@@ -4,6 +4,7 @@ transfer waits for the broker to acknowledge what it holds (kvs.replication.adap
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -13,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kvs.metrics import Metrics
 from kvs.replication import adapter
-from kvs.replication.adapter import Replicator
-from kvs.replication.codec import Codec, Digest, Message, Transfer
+from kvs.replication.adapter import FLUSH_EVERY, FLUSH_LOADED, Replicator
+from kvs.replication.codec import Batch, Codec, Digest, Message, Transfer
 from kvs.replication.sending import WRITE_WINDOW
 from kvs.replication.sync import Sync
 from kvs.replication.transport import Listener, Subscriptions
@@ -170,6 +171,53 @@ def test_peers_up_moves_when_a_peer_comes_and_goes_and_a_full_window_skips_a_bat
         await w.settle()
         assert w.value("kvs_replication_batches_sent_total") == 1
         assert w.value("kvs_replication_batches_applied_total") == 0  # ours are not applied here
+
+    run(scenario)
+
+
+def test_batches_wait_longer_only_while_writes_come_fast() -> None:
+    """A write after a quiet spell goes out at once; below LOADED writes a second batches go out every
+    FLUSH_EVERY, from LOADED on every FLUSH_LOADED; every write is in exactly one batch, in order."""
+
+    async def scenario(w: World) -> None:
+        sent: list[tuple[float, list[str]]] = []
+        codec = Codec(CLUSTER, "s2", KEY)
+
+        def publish(topic: str, payload: bytes, retain: bool = False, write: bool = False) -> None:
+            if topic == f"{CLUSTER}/batch":
+                body = codec.decode(payload).body
+                assert isinstance(body, Batch)
+                sent.append((w.loop.time(), [f.key for f in body.fragments]))
+
+        w.transport.publish = publish  # type: ignore[method-assign]
+        written: list[str] = []
+
+        async def write(count: int, every: float) -> list[float]:
+            """`count` writes, one per `every` seconds; returns the gaps between the batches they made."""
+            start = len(sent)
+            for _ in range(count):
+                written.append(f"k{len(written)}")
+                w.replicator.publish([Fragment(written[-1], 0, ((1, "v"),))])
+                await asyncio.sleep(every)
+            await asyncio.sleep(FLUSH_LOADED)
+            times = [at for at, _ in sent[start:]]
+            return [round(b - a, 6) for a, b in itertools.pairwise(times)]
+
+        await asyncio.sleep(1)
+        quiet = w.loop.time()
+        w.replicator.publish([Fragment("first", 0, ((1, "v"),))])
+        written.append("first")
+        await asyncio.sleep(FLUSH_EVERY / 2)
+        assert [at for at, _ in sent] == [quiet]  # after a quiet spell: at once
+        slow = await write(100, 1 / 1000)  # 1,000 writes a second
+        assert set(slow[1:]) == {FLUSH_EVERY}
+        await asyncio.sleep(1)
+        fast = await write(1000, 1 / 4000)  # 4,000 a second
+        assert set(fast[2:]) == {FLUSH_LOADED}  # from the second batch on: the first had come fast
+        await asyncio.sleep(1)
+        slow = await write(100, 1 / 1000)  # slow again: the short wait again
+        assert set(slow[2:]) == {FLUSH_EVERY}
+        assert [key for _, keys in sent for key in keys] == written
 
     run(scenario)
 
