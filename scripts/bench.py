@@ -41,7 +41,9 @@ warm-up (scripts/bench_soak.py); then Put throughput with retention on against o
 the worst Get while retention drops a backlog of a million versions.
 
 Prints one `name=value` line per figure, then a table with ratios and targets, then whether the
-kernel's autogroup scheduling was on (it decides the stall figures).
+kernel's autogroup scheduling was on and whether the servers ran in this process's session or,
+with --own-sessions, each in a session of its own, as from a terminal each (together they decide
+the stall figures).
 """
 
 from __future__ import annotations
@@ -167,9 +169,17 @@ class Comparison:
 
 class Bench:
     def __init__(
-        self, rounds: int, seconds: float, work: Path, trim_versions: int = 200_000, loop_cpu: bool = False
+        self,
+        rounds: int,
+        seconds: float,
+        work: Path,
+        *,
+        trim_versions: int = 200_000,
+        loop_cpu: bool = False,
+        own_sessions: bool = False,
     ) -> None:
         self.rounds = rounds
+        self.own_sessions = own_sessions  # the broker, servers and echoes: a session each (--own-sessions)
         self.loop_cpu = loop_cpu  # the stall part's servers run under scripts/bench_loop_cpu.py
         self.transfer_dir: Path | None = None  # the stall part's sender's --data-dir, once filled
         self.sender: LocalServer | None = None
@@ -186,7 +196,7 @@ class Bench:
     # Processes ---------------------------------------------------------------
 
     def start(self, broker_only: bool = False) -> None:
-        self.broker = LocalBroker(self.work)
+        self.broker = LocalBroker(self.work, own_session=self.own_sessions)
         self._keep(self.broker)
         if broker_only:
             return
@@ -225,7 +235,11 @@ class Bench:
         if unsigned:
             command = [PYTHON, str(ROOT / "scripts" / "bench_noauth.py")]
         server = LocalServer(
-            self.work, name, ["--broker", self.broker.address, "--cluster", cluster, *extra], command=command
+            self.work,
+            name,
+            ["--broker", self.broker.address, "--cluster", cluster, *extra],
+            command=command,
+            own_session=self.own_sessions,
         )
         self._keep(server)
         server.wait_serving()
@@ -238,7 +252,12 @@ class Bench:
     def _echo(self, style: str) -> str:
         port = self._port()
         echo = Process(
-            f"echo-{style}", [PYTHON, "scripts/bench_echo.py", style, str(port)], self.work, ENV, cwd=ROOT
+            f"echo-{style}",
+            [PYTHON, "scripts/bench_echo.py", style, str(port)],
+            self.work,
+            ENV,
+            cwd=ROOT,
+            own_session=self.own_sessions,
         )
         self._keep(echo)
         wait_for(f"echo-{style}", lambda: port_open(port))
@@ -586,6 +605,7 @@ class Bench:
             f"transfer-2-{r}",
             ["--broker", self.broker.address, "--cluster", "bench-transfer"],
             command=command,
+            own_session=self.own_sessions,
         )
         since = _asctime()
         polled = Poller(address(sender))
@@ -983,15 +1003,17 @@ def report(bench: Bench) -> None:
 AUTOGROUP = Path("/proc/sys/kernel/sched_autogroup_enabled")
 
 
-def scheduling() -> str:
-    """How this kernel shares the CPU, which decides the stall figures (docs/performance.md, "Stalls"):
-    with autogroup on, each session (each server here, like a terminal each) is one group, and a
-    light process of its own session may wait hundreds of ms behind a busy one of another."""
+def scheduling(own_sessions: bool) -> str:
+    """How this kernel shares the CPU, and where the servers ran, which decide the stall figures
+    (docs/performance.md, "Stalls"): with autogroup on, each session is one group, and a light
+    process alone in its session may wait hundreds of ms behind busy ones of others."""
+    where = "each in a session of its own" if own_sessions else "in the bench's session"
     try:
         on = AUTOGROUP.read_text().strip() == "1"
     except OSError:
-        return "kernel: no autogroup scheduling"
-    return f"kernel: autogroup scheduling {'on' if on else 'off'} (sysctl kernel.sched_autogroup_enabled)"
+        return f"kernel: no autogroup scheduling; servers {where}"
+    setting = "on" if on else "off"
+    return f"kernel: autogroup scheduling {setting} (sysctl kernel.sched_autogroup_enabled); servers {where}"
 
 
 PARTS = ["throughput", "metrics", "auth", "lag", "joiner", "stalls", "disk", "sites", "restart", "soak"]
@@ -1018,11 +1040,24 @@ def main() -> int:
         help="run the stall part's servers under scripts/bench_loop_cpu.py (asyncio's loop): the longest"
         " turn of each server's loop, in CPU ms, during each call",
     )
+    parser.add_argument(
+        "--own-sessions",
+        action="store_true",
+        help="start the broker, the servers and the echoes each in a session of its own, as from a"
+        " terminal each (with the kernel's autogroup scheduling on, this decides the stall figures)",
+    )
     args = parser.parse_args()
     parts = args.only or DEFAULT_PARTS
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="kvs-bench-") as work:
-        bench = Bench(args.rounds, args.seconds, Path(work), args.trim_versions, args.loop_cpu)
+        bench = Bench(
+            args.rounds,
+            args.seconds,
+            Path(work),
+            trim_versions=args.trim_versions,
+            loop_cpu=args.loop_cpu,
+            own_sessions=args.own_sessions,
+        )
         try:
             if set(parts) - ALONE:
                 bench.start(broker_only=not set(parts) - ALONE - BROKER_ONLY)
@@ -1031,7 +1066,7 @@ def main() -> int:
         finally:
             bench.stop()
     report(bench)
-    print(scheduling())
+    print(scheduling(args.own_sessions))
     print(f"bench took {time.monotonic() - started:.0f} s")
     return 0
 

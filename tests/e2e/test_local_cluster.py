@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -52,3 +53,22 @@ def test_a_server_that_cannot_start_stops_the_others_and_shows_its_log(tmp_path:
             assert "is the port in use?" in log
         finally:
             process.close()
+
+
+def test_local_processes_run_in_the_parents_session_each_in_a_process_group_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """A Ctrl-C typed at the parent reaches its process group only; and with Linux's autogroup
+    scheduling, which shares the CPU between sessions first, a server in a session of its own
+    waited up to 790 ms for a CPU while a big call ran (docs/performance.md, "Stalls")."""
+    together = Process("together", ["sleep", "60"], tmp_path)
+    apart = Process("apart", ["sleep", "60"], tmp_path, own_session=True)  # as from a terminal of its own
+    try:
+        together.start()
+        apart.start()
+        assert os.getsid(together.pid) == os.getsid(0)
+        assert os.getpgid(together.pid) == together.pid != os.getpgid(0)
+        assert os.getsid(apart.pid) == apart.pid != os.getsid(0)
+    finally:
+        together.close()
+        apart.close()
