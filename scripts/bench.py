@@ -512,7 +512,10 @@ class Bench:
             for cluster, name in alternate(r, (("bench-empty", "joiner_empty"), ("bench-join", "joiner"))):
                 start = time.monotonic()
                 joiner = LocalServer(
-                    self.work, f"{cluster}-late{r}", ["--broker", self.broker.address, "--cluster", cluster]
+                    self.work,
+                    f"{cluster}-late{r}",
+                    ["--broker", self.broker.address, "--cluster", cluster],
+                    own_session=self.own_sessions,
                 )
                 self.processes.append(joiner)
                 joiner.start()
@@ -1043,8 +1046,9 @@ def main() -> int:
     parser.add_argument(
         "--own-sessions",
         action="store_true",
-        help="start the broker, the servers and the echoes each in a session of its own, as from a"
-        " terminal each (with the kernel's autogroup scheduling on, this decides the stall figures)",
+        help="start the shared broker, the servers and the echoes each in a session of its own, as from a"
+        " terminal each (with the kernel's autogroup scheduling on, this decides the stall figures); the"
+        " sites, restart and soak parts start theirs in this process's session either way",
     )
     args = parser.parse_args()
     parts = args.only or DEFAULT_PARTS

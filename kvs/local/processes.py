@@ -96,9 +96,10 @@ class Process:
     It runs in a process group of its own, so a Ctrl-C typed at the parent reaches only
     the parent, which stops its children in order; and in the parent's session (unless
     `own_session`), so that where the kernel shares the CPU between sessions first (Linux's
-    autogroup scheduling), a local cluster, its clients and the parent are one group whose
-    threads share the CPU one by one: a light server does not wait behind busy ones of
-    other sessions (docs/performance.md, "Stalls"). `close()` stops it and releases its port.
+    autogroup scheduling), a local cluster and the clients its parent runs are one group
+    whose threads share the CPU one by one: a light server does not wait behind a busy
+    client of another session (docs/performance.md, "Stalls"). `close()` stops it and
+    releases its port.
     """
 
     def __init__(
@@ -125,6 +126,7 @@ class Process:
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen(
                 self.argv,
+                stdin=subprocess.DEVNULL,  # in the parent's session, a read of its terminal would stop it
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.cwd,
