@@ -41,9 +41,7 @@ warm-up (scripts/bench_soak.py); then Put throughput with retention on against o
 the worst Get while retention drops a backlog of a million versions.
 
 Prints one `name=value` line per figure, then a table with ratios and targets, then whether the
-kernel's autogroup scheduling was on and whether the servers ran in this process's session or,
-with --own-sessions, each in a session of its own, as from a terminal each (together they decide
-the stall figures).
+kernel's autogroup scheduling was on (it decides the stall figures).
 """
 
 from __future__ import annotations
@@ -169,17 +167,9 @@ class Comparison:
 
 class Bench:
     def __init__(
-        self,
-        rounds: int,
-        seconds: float,
-        work: Path,
-        *,
-        trim_versions: int = 200_000,
-        loop_cpu: bool = False,
-        own_sessions: bool = False,
+        self, rounds: int, seconds: float, work: Path, trim_versions: int = 200_000, loop_cpu: bool = False
     ) -> None:
         self.rounds = rounds
-        self.own_sessions = own_sessions  # the broker, servers and echoes: a session each (--own-sessions)
         self.loop_cpu = loop_cpu  # the stall part's servers run under scripts/bench_loop_cpu.py
         self.transfer_dir: Path | None = None  # the stall part's sender's --data-dir, once filled
         self.sender: LocalServer | None = None
@@ -196,7 +186,7 @@ class Bench:
     # Processes ---------------------------------------------------------------
 
     def start(self, broker_only: bool = False) -> None:
-        self.broker = LocalBroker(self.work, own_session=self.own_sessions)
+        self.broker = LocalBroker(self.work)
         self._keep(self.broker)
         if broker_only:
             return
@@ -235,11 +225,7 @@ class Bench:
         if unsigned:
             command = [PYTHON, str(ROOT / "scripts" / "bench_noauth.py")]
         server = LocalServer(
-            self.work,
-            name,
-            ["--broker", self.broker.address, "--cluster", cluster, *extra],
-            command=command,
-            own_session=self.own_sessions,
+            self.work, name, ["--broker", self.broker.address, "--cluster", cluster, *extra], command=command
         )
         self._keep(server)
         server.wait_serving()
@@ -252,12 +238,7 @@ class Bench:
     def _echo(self, style: str) -> str:
         port = self._port()
         echo = Process(
-            f"echo-{style}",
-            [PYTHON, "scripts/bench_echo.py", style, str(port)],
-            self.work,
-            ENV,
-            cwd=ROOT,
-            own_session=self.own_sessions,
+            f"echo-{style}", [PYTHON, "scripts/bench_echo.py", style, str(port)], self.work, ENV, cwd=ROOT
         )
         self._keep(echo)
         wait_for(f"echo-{style}", lambda: port_open(port))
@@ -512,10 +493,7 @@ class Bench:
             for cluster, name in alternate(r, (("bench-empty", "joiner_empty"), ("bench-join", "joiner"))):
                 start = time.monotonic()
                 joiner = LocalServer(
-                    self.work,
-                    f"{cluster}-late{r}",
-                    ["--broker", self.broker.address, "--cluster", cluster],
-                    own_session=self.own_sessions,
+                    self.work, f"{cluster}-late{r}", ["--broker", self.broker.address, "--cluster", cluster]
                 )
                 self.processes.append(joiner)
                 joiner.start()
@@ -608,7 +586,6 @@ class Bench:
             f"transfer-2-{r}",
             ["--broker", self.broker.address, "--cluster", "bench-transfer"],
             command=command,
-            own_session=self.own_sessions,
         )
         since = _asctime()
         polled = Poller(address(sender))
@@ -1006,17 +983,15 @@ def report(bench: Bench) -> None:
 AUTOGROUP = Path("/proc/sys/kernel/sched_autogroup_enabled")
 
 
-def scheduling(own_sessions: bool) -> str:
-    """How this kernel shares the CPU, and where the servers ran, which decide the stall figures
-    (docs/performance.md, "Stalls"): with autogroup on, each session is one group, and a light
-    process alone in its session may wait hundreds of ms behind busy ones of others."""
-    where = "each in a session of its own" if own_sessions else "in the bench's session"
+def scheduling() -> str:
+    """How this kernel shares the CPU, which decides the stall figures (docs/performance.md, "Stalls"):
+    with autogroup on, each session (each server here, like a terminal each) is one group, and a
+    light process of its own session may wait hundreds of ms behind a busy one of another."""
     try:
         on = AUTOGROUP.read_text().strip() == "1"
     except OSError:
-        return f"kernel: no autogroup scheduling; servers {where}"
-    setting = "on" if on else "off"
-    return f"kernel: autogroup scheduling {setting} (sysctl kernel.sched_autogroup_enabled); servers {where}"
+        return "kernel: no autogroup scheduling"
+    return f"kernel: autogroup scheduling {'on' if on else 'off'} (sysctl kernel.sched_autogroup_enabled)"
 
 
 PARTS = ["throughput", "metrics", "auth", "lag", "joiner", "stalls", "disk", "sites", "restart", "soak"]
@@ -1043,25 +1018,11 @@ def main() -> int:
         help="run the stall part's servers under scripts/bench_loop_cpu.py (asyncio's loop): the longest"
         " turn of each server's loop, in CPU ms, during each call",
     )
-    parser.add_argument(
-        "--own-sessions",
-        action="store_true",
-        help="start the shared broker, the servers and the echoes each in a session of its own, as from a"
-        " terminal each (with the kernel's autogroup scheduling on, this decides the stall figures); the"
-        " sites, restart and soak parts start theirs in this process's session either way",
-    )
     args = parser.parse_args()
     parts = args.only or DEFAULT_PARTS
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="kvs-bench-") as work:
-        bench = Bench(
-            args.rounds,
-            args.seconds,
-            Path(work),
-            trim_versions=args.trim_versions,
-            loop_cpu=args.loop_cpu,
-            own_sessions=args.own_sessions,
-        )
+        bench = Bench(args.rounds, args.seconds, Path(work), args.trim_versions, args.loop_cpu)
         try:
             if set(parts) - ALONE:
                 bench.start(broker_only=not set(parts) - ALONE - BROKER_ONLY)
@@ -1070,7 +1031,7 @@ def main() -> int:
         finally:
             bench.stop()
     report(bench)
-    print(scheduling(args.own_sessions))
+    print(scheduling())
     print(f"bench took {time.monotonic() - started:.0f} s")
     return 0
 

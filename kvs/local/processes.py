@@ -93,13 +93,8 @@ def port_open(port: int) -> bool:
 class Process:
     """A child process with its output in a log file; stopped by PID, never by name.
 
-    It runs in a process group of its own, so a Ctrl-C typed at the parent reaches only
-    the parent, which stops its children in order; and in the parent's session (unless
-    `own_session`), so that where the kernel shares the CPU between sessions first (Linux's
-    autogroup scheduling), a local cluster and the clients its parent runs are one group
-    whose threads share the CPU one by one: a light server does not wait behind a busy
-    client of another session (docs/performance.md, "Stalls"). `close()` stops it and
-    releases its port.
+    It runs in a session of its own, so a Ctrl-C typed at the parent reaches only the
+    parent, which stops its children in order. `close()` stops it and releases its port.
     """
 
     def __init__(
@@ -111,10 +106,8 @@ class Process:
         *,
         cwd: Path | None = None,
         reservation: Reservation | None = None,
-        own_session: bool = False,
     ) -> None:
         self.name = name
-        self.own_session = own_session  # as if started from a terminal of its own
         self.argv = list(argv)
         self.log_path = log_dir / f"{name}.log"
         self.cwd = cwd
@@ -126,13 +119,11 @@ class Process:
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen(
                 self.argv,
-                stdin=subprocess.DEVNULL,  # in the parent's session, a read of its terminal would stop it
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.cwd,
                 env=self._env,
-                start_new_session=self.own_session,
-                process_group=None if self.own_session else 0,
+                start_new_session=True,
             )
 
     @property
@@ -189,7 +180,6 @@ class LocalBroker(Process):
         *,
         users: Mapping[str, str] | None = None,
         tls: BrokerTls | None = None,
-        own_session: bool = False,
     ) -> None:
         binary = mosquitto_binary()
         if binary is None:
@@ -201,9 +191,7 @@ class LocalBroker(Process):
         config.write_text(
             mosquitto_config(self.port, password_file=passwords, tls=(tls.cert, tls.key) if tls else None)
         )
-        super().__init__(
-            name, [binary, "-c", str(config)], log_dir, reservation=reservation, own_session=own_session
-        )
+        super().__init__(name, [binary, "-c", str(config)], log_dir, reservation=reservation)
 
     def start(self) -> None:
         super().start()
@@ -240,14 +228,13 @@ class LocalServer(Process):
         command: Sequence[str] = SERVER,
         cwd: Path | None = None,
         node_id: str | None = None,
-        own_session: bool = False,
     ) -> None:
         self.port, reservation = _port(port)
         node_id = node_id or name
         argv = [*command, "--porta", str(self.port), "--listen", "127.0.0.1", "--id", node_id, *extra]
         pythonpath = os.pathsep.join(filter(None, [str(SOURCE), os.environ.get("PYTHONPATH")]))
         env = {"XDG_CONFIG_HOME": str(config_home(log_dir)), "PYTHONPATH": pythonpath, **(env or {})}
-        super().__init__(name, argv, log_dir, env, cwd=cwd, reservation=reservation, own_session=own_session)
+        super().__init__(name, argv, log_dir, env, cwd=cwd, reservation=reservation)
         self._channel: grpc.Channel | None = None
         self.tls: ClientTls | None = None
         """What `channel` uses: set it for a server started with --tls-cert (before the first call)."""
