@@ -2,7 +2,7 @@
 """The kvs benchmark: kvs beside the ceilings of what it is built on, in one run.
 
     scripts/bench.sh [--rounds 3] [--seconds 1.2] [--only PART] (parts: throughput, metrics, lag,
-    joiner, stalls, auth, disk, sites, restart, soak)
+    joiner, stalls, auth, batching, disk, sites, restart, soak)
 
 (scripts/bench.sh runs ./compile.sh --dev first, then this file in .venv).
 
@@ -483,6 +483,26 @@ class Bench:
                     unit = "msgs/s" if mode == "putall" else "calls/s"
                     self.record(f"auth_{mode}_c16.{target}", unit, self.load(address(server), mode, 16))
 
+    def batching(self) -> None:
+        """Put and PutAll at C = 16, and CPU per write of the server and its peer, with the longer
+        batches under load and with FLUSH_EVERY at every rate (scripts/bench_short_batches.py), on
+        pairs started alike, alternating which goes first in each round."""
+        short = [PYTHON, str(ROOT / "scripts" / "bench_short_batches.py")]
+        pairs = {
+            "on": self._pair("bench-batching", []),
+            "off": (
+                self._server("short-1", "bench-short", [], command=short),
+                self._server("short-2", "bench-short", [], command=short),
+            ),
+        }
+        for r in range(self.rounds):
+            for mode in ("put", "putall"):
+                for target, (s1, s2) in alternate(r, list(pairs.items())):
+                    unit = "msgs/s" if mode == "putall" else "calls/s"
+                    rate = self.load(address(s1), mode, 16, pids=(s1.pid, s2.pid))
+                    self.record(f"batching_{mode}_c16.{target}", unit, rate)
+                    self.record(f"batching_cpu_{mode}_c16.{target}", "us", self.cpu_per_call * 1e6)
+
     def joiner(self) -> None:
         """A late joiner into a cluster holding KEYS keys, and into an empty one; their RSS."""
         full = self._server("join-1", "bench-join", [])
@@ -815,6 +835,21 @@ def _stall_ceiling(call: str, server: str, figure: str) -> str:
 COMPARISONS = [
     *(
         Comparison(
+            f"{label} C=16 long batches",
+            f"batching_{key}_c16.on",
+            f"batching_{key}_c16.off",
+            "",
+            lambda r: True,
+        )
+        for label, key in (
+            ("put", "put"),
+            ("putall", "putall"),
+            ("CPU/put", "cpu_put"),
+            ("CPU/putall", "cpu_putall"),
+        )
+    ),
+    *(
+        Comparison(
             f"{mode} C=16 auth", f"auth_{mode}_c16.on", f"auth_{mode}_c16.off", ">= 0.95", lambda r: r >= 0.95
         )
         for mode in ("put", "putall")
@@ -994,7 +1029,19 @@ def scheduling() -> str:
     return f"kernel: autogroup scheduling {'on' if on else 'off'} (sysctl kernel.sched_autogroup_enabled)"
 
 
-PARTS = ["throughput", "metrics", "auth", "lag", "joiner", "stalls", "disk", "sites", "restart", "soak"]
+PARTS = [
+    "throughput",
+    "metrics",
+    "auth",
+    "batching",
+    "lag",
+    "joiner",
+    "stalls",
+    "disk",
+    "sites",
+    "restart",
+    "soak",
+]
 DEFAULT_PARTS = PARTS[:-3]  # sites cuts a bridge for a minute; restart fills a million keys; soak: minutes
 ALONE = {"sites", "soak"}
 """Parts that start every process they need: the shared servers are not started for them."""
