@@ -2,8 +2,10 @@
 (kvs.replication.adapter.Replicator, with its sync core and codec) and the real
 store (kvs.storage.store) on N replicas, wired to an in-memory broker that
 drops, duplicates, delays and reorders messages, restarts (losing retained
-messages and sessions), and disconnects replicas. Replicas crash and restart,
-with a disk (they keep their store) or without (they start empty).
+messages and sessions), and disconnects replicas. A replica may read everything
+late (`Replica.lag`: a process that does not keep up; what was unread when its
+connection broke is lost). Replicas crash and restart, with a disk (they keep
+their store) or without (they start empty).
 
 Time is simulated: every replica's asyncio code runs on one `SimLoop`, an
 event loop whose clock jumps to the next timer instead of waiting for it, so
@@ -167,6 +169,7 @@ class SimSession:
         self._unacked: dict[int, bool] = {}  # writes the broker has not acknowledged (by token)
         self._tokens = itertools.count()
         self._held: list[tuple[str, bytes, bool]] = []
+        self._connection = 0  # counts its connections: what was unread on a broken one is lost
         self._connack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @property
@@ -225,6 +228,7 @@ class SimSession:
     # The broker's side ---------------------------------------------------------------
 
     def connected_now(self) -> None:
+        self._connection += 1
         if not self._connack.done():
             self._connack.set_result(None)
         self.listener.on_connected()
@@ -236,6 +240,17 @@ class SimSession:
 
     def deliver(self, topic: str, payload: bytes, retained: bool) -> None:
         if self.dead or not self.connected:
+            return
+        if self.replica.lag:  # read that much later, in the order it came (a slow reader)
+            connection = self._connection
+            self._broker.cluster.after(
+                self.replica.lag, lambda: self._read(connection, topic, payload, retained)
+            )
+            return
+        self._read(self._connection, topic, payload, retained)
+
+    def _read(self, connection: int, topic: str, payload: bytes, retained: bool) -> None:
+        if self.dead or not self.connected or connection != self._connection:
             return
         if self.held:
             self._held.append((topic, payload, retained))
@@ -253,6 +268,7 @@ class Replica:
         self.partitioned = False
         self.reachable_since = 0.0  # when its last partition ended
         self.cut_off = False  # its connection broke (not the broker) and it has not reconnected yet
+        self.lag = 0.0  # seconds after the broker sends a message that this replica reads it (a slow one)
         self.started_at = 0.0
         self.snapshots: dict[str, dict[str, Fragment]] = {}  # peers' state when this one started
         self.lost_at = 0.0  # when it last started without a disk

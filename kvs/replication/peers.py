@@ -35,12 +35,13 @@ class Peer:
     high: int = 0  # the highest counter seen in this epoch
     seen: int = 0  # bit i: counter high - 1 - i was seen
     heard: float = 0.0  # when the last message came
-    said: float = 0.0  # when the last message of this run was taken (not moved by our reconnections)
+    said_ms: int = 0  # when the last live message of this run taken was sent (by its clock)
     present: bool = False
     next_batch: int = 0  # the batch seq expected next (0: unknown yet)
     asked: int = 0  # our request it has not fully answered yet (0: none)
     asked_at: float = 0.0
     asked_since: int = 0  # what the outstanding request asked for (see Digest.since)
+    answering: float = 0.0  # when a part of a transfer from it last came
     again: int | None = None  # ask again once answered, since this batch (0: the differing buckets)
     reasked: int = 0  # times the request outstanding was asked again as the way to the peer opened again
     incoming: tuple[int, int] = (0, 0)  # the transfer id being received, and parts received
@@ -162,7 +163,7 @@ class Peers(dict[str, Peer]):
             peer.seen |= 1 << bit
         peer.heard = max(peer.heard, heard)
         if live:
-            peer.said = now
+            peer.said_ms = max(peer.said_ms, message.sent_ms)
         return peer
 
     def left(self, name: str, epoch: int) -> bool:

@@ -17,6 +17,8 @@ over many schedules (tests/sim.py). The rules, at length in docs/replication.md:
   presence, of any age, only makes a joiner wait for that peer until it has been silent a
   sync interval. A live server publishes its presence every third of an interval, and only
   the echo of this run's latest presence counts as our own.
+- A server that reads behind judges ages and silences as of where its reading has got, which
+  the echo of its presence says (`_reading`), not as of the moment it reads.
 - A joiner serves once every present peer has answered its request
   completely, and the broker has been up SETTLE seconds (after a restart, the
   peers need that long to publish their presences again); with bridges to other
@@ -26,12 +28,13 @@ over many schedules (tests/sim.py). The rules, at length in docs/replication.md:
   ask that peer at once for its batches since (kvs/replication/sending.py) (guarantee 6).
 - A bucket that differs the same way in two periodic digests in a row is
   repaired, both ways, by the peer with the smaller id.
-- One transfer to a peer in flight at a time; a request meanwhile waits.
-- The way to a peer opens again when its presence is heard, live, after half an interval without
-  a word from it (it reconnected), or when a live message of it comes after one of the broker's
-  bridges came up since we asked it (a bridge to its site came back): a request to it still
-  unanswered, which may have gone nowhere, is asked again at once (up to REASKS times per request;
-  docs/sites.md).
+- One transfer to a peer in flight at a time; a request meanwhile waits. A request is asked
+  again, with its number, after RETRY_ROUNDS intervals in which no part of an answer came.
+- The way to a peer opens again when its presence is heard, live, half an interval after its
+  previous message by its clock (it reconnected), or when a live message of it comes after one of
+  the broker's bridges came up since we asked it (a bridge to its site came back): a request to it
+  still unanswered, which may have gone nowhere, is asked again at once (up to REASKS times per
+  request; docs/sites.md).
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ longer than the longest reconnection backoff (kvs.mqtt.loop.BACKOFF)."""
 HEARTBEAT_ROUNDS: Final = 12
 """An unchanged digest still goes out once in this many sync intervals."""
 RETRY_ROUNDS: Final = 2
-"""A request not answered completely in this many sync intervals is asked again."""
+"""A request not answered completely is asked again (the same request) after this many sync intervals
+in which no part of an answer came from that peer."""
 FORGET_ROUNDS: Final = 3 * HEARTBEAT_ROUNDS
 """A peer heard from not once in this many sync intervals is forgotten."""
 REASKS: Final = 3
@@ -67,6 +71,9 @@ newer one has said again (a lost batch is asked for, a request asked again)."""
 PRESENCE_EVERY: Final = 1 / 3
 """A live server publishes its presence again every this fraction of a sync interval, so that a peer
 silent for a whole interval is taken for gone."""
+READ_SLACK: Final = 1 / 2
+"""Fraction of a sync interval by which our reading may trail our clock before it counts as behind:
+our presence comes back every third of an interval (said at a poll, every sixth)."""
 EVERYTHING: Final = (0,) * BUCKETS
 """The digest of an empty store: a request with it asks for the whole state."""
 
@@ -93,6 +100,7 @@ class Sync:
     _subscribed_ms: int | None = None  # our clock when we first subscribed: nothing sent before counts
     _restored_at: float = -1.0  # when we last said our presence again over someone else's
     _deaf_at: float = 0.0  # the last time we were not reading what came (busy, or disconnected)
+    _read_at: float | None = None  # when (our clock) the newest echo of our presence read was said
     _awaiting: set[str] | None = None  # while joining: peers whose answer we wait for
     _broker_since: float | None = None  # when the broker started, as far as we know
     _bridges: dict[str, bool] = field(default_factory=dict)  # the broker's bridges: up or down
@@ -122,7 +130,7 @@ class Sync:
         for peer in self.peers.values():
             peer.heard = max(peer.heard, now)  # nobody could reach us meanwhile: silence starts now
         self._broker_since = now  # until the broker says how old it is (a restarted one lost everything)
-        self._deaf_at = now
+        self._deaf_at, self._read_at = now, None  # a new connection: nothing waits unread
         return self.horizon.touch(wall_ms)  # out of touch past the horizon: in doubt
 
     def disconnected(self, now: float) -> list[Action]:
@@ -199,8 +207,8 @@ class Sync:
         `now_ms`: the wall clock (None in the unit tests: `epoch` plus `now`; the tombstone horizon's)."""
         wall = self._wall(now, now_ms)
         if message.origin == self.node_id:  # only our presence comes back to us (MQTT no-local)
-            return self._own(message, now, ours, retained)
-        if why := self._stale(message, wall, retained):
+            return self._own(message, now, ours, retained, wall)
+        if why := self._stale(message, wall, wall - round((now - self._reading(now)) * 1000), retained):
             return self._counted([Note(f"dropped a message from {message.origin}: {why}", drop="replayed")])
         heard = min(now, now - (wall - message.sent_ms) / 1000 + SKEW)  # no later than it was sent
         return self._counted(self._message(message, now, heard, ours, retained, wall_ms=wall))
@@ -208,25 +216,36 @@ class Sync:
     def _wall(self, now: float, now_ms: int | None) -> int:
         return self.epoch + round(now * 1000) if now_ms is None else now_ms
 
-    def _stale(self, message: Message, wall: int, retained: bool) -> str:
-        """Why the message is too old (or too new) to be taken, if it is."""
+    def _reading(self, now: float) -> float:
+        """Where our reading of the broker has got to, on our clock: `now`, unless what we read trails
+        it (we do not keep up, or hold back what we cannot join yet); then when the newest echo of our
+        presence that we read was said, plus READ_SLACK of an interval. Our presence, said every third
+        of an interval, queues behind everything the broker sent us before it: ages and silences are
+        judged as of the moment the broker sent what we read, not as of the moment we read it."""
+        return now if self._read_at is None else min(now, self._read_at + READ_SLACK * self.interval)
+
+    def _stale(self, message: Message, wall: int, reading_ms: int, retained: bool) -> str:
+        """Why the message is too old (or too new) to be taken, if it is; `reading_ms`: our reading
+        position (`_reading`) on our wall clock `wall`."""
         skew = round(SKEW * 1000)
         if message.sent_ms > wall + skew:
             return f"sent {message.sent_ms - wall} ms ahead of our clock"
         if retained and isinstance(message.body, Presence):
             return ""  # any age: a joiner waits for it a sync interval at most
-        if message.sent_ms < wall - self.max_age * 1000:
-            return f"sent {(wall - message.sent_ms) / 1000:.0f} s ago"
+        if message.sent_ms < reading_ms - self.max_age * 1000:
+            return f"sent {(reading_ms - message.sent_ms) / 1000:.0f} s before what we read with it"
         if self._subscribed_ms is None or message.sent_ms < self._subscribed_ms - skew:
             return "sent before this server subscribed"
         return ""
 
-    def _own(self, message: Message, now: float, ours: Digests, retained: bool) -> list[Action]:
+    def _own(self, message: Message, now: float, ours: Digests, retained: bool, wall: int) -> list[Action]:
         """Our presence: the echo of our latest, or a copy of an earlier one that someone published."""
         if retained:
             return []  # the broker's copy on subscribing: ours follows
         latest = message.epoch == self.epoch and message.sent_ms >= self._presence_ms
         if latest and message.body == Presence(up=True):
+            said = min(now, now - (wall - message.sent_ms) / 1000)  # one clock: no skew
+            self._read_at = said if self._read_at is None else max(self._read_at, said)
             return self.own_presence(now, ours)
         return self.presence_overwritten(now)
 
@@ -237,7 +256,7 @@ class Sync:
         if isinstance(body, Presence) and not body.up:
             return self._left(message, now)
         known = self.peers.get(origin)
-        said = known.said if known is not None and known.epoch == message.epoch else None
+        said = known.said_ms if known is not None and known.epoch == message.epoch else None
         peer = self.peers.admit(message, now, heard, self.interval, live=not retained)
         if peer is None:
             if retained:
@@ -247,7 +266,7 @@ class Sync:
             not retained
             and said is not None
             and isinstance(body, Presence)
-            and now - said > self.interval / 2
+            and message.sent_ms - said > self.interval / 2 * 1000
         ):
             return self._heard_again(origin, now, ours)  # live after a gap no presence of it fills
         actions = self._taken(message, now, ours, wall_ms)
@@ -354,6 +373,7 @@ class Sync:
     ) -> list[Action]:
         peer = self.peers[origin]
         actions: list[Action] = [Apply(origin, transfer.fragments, late=late)]
+        peer.answering = now  # a request waits while the answer to it, or to one before it, comes
         complete = peer.part_received(transfer)
         if complete is None:
             return actions
@@ -403,7 +423,10 @@ class Sync:
             actions += self.own_presence(now, ours)  # ask everybody for everything now
         actions += self._check_doubt(now)
         # Longer than a message may be old: a forgotten peer's messages are all too old to be taken.
-        silent = self.peers.forget_silent(now, max(FORGET_ROUNDS * self.interval, self.max_age + 2 * SKEW))
+        reading = self._reading(now)
+        silent = self.peers.forget_silent(
+            reading, max(FORGET_ROUNDS * self.interval, self.max_age + 2 * SKEW)
+        )
         actions += [Note(f"peer {name} forgotten: silent too long") for name in silent]
         if not self._echoed and now - self._presence_at > RETRY_ROUNDS * self.interval:
             actions += self.subscribed(now)  # our presence was lost: say it again
@@ -411,10 +434,12 @@ class Sync:
             if peer.present and self._silent(peer, now):
                 peer.present = False
                 actions.append(Note(f"peer {name} taken for gone: silent for a sync interval"))
-            if peer.asked and now - peer.asked_at > RETRY_ROUNDS * self.interval:
-                peer.asked = 0
-                if not self._silent(peer, now):
-                    actions += self._ask(name, now, ours, since=peer.asked_since)
+            if peer.asked and reading - max(peer.asked_at, peer.answering) > RETRY_ROUNDS * self.interval:
+                if self._silent(peer, now):
+                    peer.asked = 0
+                else:  # the same request again: the answer to either copy counts (a slow peer's is late)
+                    peer.asked_at = now
+                    actions.append(Publish(name, Digest(ours, peer.asked, self.batch_seq, peer.asked_since)))
         differ = any(p.differs(ours) for p in self.peers.values())
         self._quiet += 1
         # Idle and converged: one digest a heartbeat. A joiner's state is partial: it says nothing.
@@ -445,7 +470,8 @@ class Sync:
 
     def _silent(self, peer: Peer, now: float) -> bool:
         """Whether `peer` said nothing for a sync interval since we asked it and could hear it."""
-        return self.connected and now - max(peer.heard, peer.asked_at, self._deaf_at) > self.interval
+        heard = max(peer.heard, peer.asked_at, self._deaf_at)
+        return self.connected and self._reading(now) - heard > self.interval
 
     def _check_doubt(self, now: float) -> list[Action]:
         """In doubt (kvs/replication/horizon.py): settles once the broker has settled and every peer

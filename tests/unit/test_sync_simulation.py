@@ -101,6 +101,32 @@ def test_lost_batches_are_repaired_within_10_s_of_the_broker_return_while_writes
     assert lost_after_return(cluster) == [], f"seed {seed}: lost since"
 
 
+def slow_readers(seed: int) -> Cluster:
+    """Two replicas under writes; a third reads everything 15 s after the broker sends it, from its
+    start (a process starved of CPU, or holding back what it cannot join yet: more than the 12 sync
+    intervals a message may be old); a fourth joins at 10 s reading 20 s behind."""
+    cluster = Cluster(seed, size=4)
+    rng = cluster.random
+    r1, r2, r3, r4 = cluster.replicas.values()
+    r3.lag, r4.lag = 15.0, 20.0
+    for i, replica in enumerate((r1, r2, r3)):
+        cluster.after(0.2 * i, replica.start)
+    cluster.after(rng.uniform(8, 12), r4.start)
+    cluster.writes(1.0, 30.0, every=0.01, keys=200)
+    cluster.run_until(80.0)
+    cluster.close()
+    return cluster
+
+
+@pytest.mark.parametrize("seed", SEEDS[:10])
+def test_replicas_that_read_far_behind_serve_and_converge_without_asking_again_and_again(seed: int) -> None:
+    cluster = slow_readers(seed)
+    assert cluster.violations == [], f"seed {seed}"
+    assert all(r.serving for r in cluster.replicas.values()), f"seed {seed}: a slow reader never served"
+    assert cluster.converged(), f"seed {seed}"
+    assert cluster.missing() == [], f"seed {seed}"
+
+
 # The simulation has teeth: each deliberate bug below breaks one guarantee, and it is caught:
 # two in the core, one in the adapter.
 
